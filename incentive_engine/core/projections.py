@@ -1,0 +1,423 @@
+"""Folding the event log into state: a pure function of the events (replay is a fold).
+
+The state keeps each fact with its business date and its ledger position, not just "current values",
+because evaluation reads the ledger "as known" at any as-of date and the auditor's tools cite the
+position of every fact that decided a result. Entities are built by one mutable builder inside
+``project``/``Projector.apply`` and are not mutated after; callers treat them as read-only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from .canonical import canonical_json, sha256_hex
+from .dates import term_end
+from .events import (
+    AdjustmentRecorded,
+    ComplianceViolation,
+    ContractChurned,
+    ContractExpanded,
+    ContractReassigned,
+    ContractRenewed,
+    ContractSigned,
+    CycleClosed,
+    Event,
+    KpiMeasured,
+    PlanRegistered,
+    RepHired,
+    RepTerminated,
+    ScorecardPublished,
+    ServiceCost,
+    TargetSet,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Recorded:
+    """An event as the ledger stored it: where (position) and when (recorded_at, UTC ISO) it was written."""
+
+    position: int
+    recorded_at: str
+    stream_id: str
+    stream_version: int
+    event: Event
+
+
+@dataclass(frozen=True, slots=True)
+class Fact:
+    """A dated value with the ledger position that recorded it (for 'as known' reads and for explain)."""
+
+    effective: date
+    position: int
+    value: Any
+
+
+@dataclass(slots=True)
+class Rep:
+    rep_id: str
+    name: str
+    role: str
+    region: str | None
+    manager_id: str | None
+    hired: date
+    hired_position: int
+    terminated: Fact | None = None  # value: "good" | "bad"
+
+    def employed_on(self, d: date) -> bool:
+        return self.hired <= d and (self.terminated is None or self.terminated.effective > d)
+
+
+@dataclass(slots=True)
+class Renewal:
+    effective: date
+    acv: Decimal
+    term_months: int
+    position: int
+
+
+@dataclass(slots=True)
+class Contract:
+    contract_id: str
+    account_id: str
+    seller: str
+    currency: str
+    signed: date
+    acv0: Decimal
+    term_months: int
+    gross_margin: Decimal | None
+    signed_position: int
+    renewals: list[Renewal] = field(default_factory=list)  # sorted by (effective, position)
+    expansions: list[Fact] = field(default_factory=list)  # value: Decimal delta
+    churn: Fact | None = None  # value: reason | None
+    reassignments: list[Fact] = field(default_factory=list)  # value: rep_id
+    service_costs: list[Fact] = field(default_factory=list)  # value: Decimal amount
+
+    # --- the contract's state on a date d (reference-plan.md, "The contract's state on a date d") ---
+
+    def renewals_until(self, d: date) -> list[Renewal]:
+        return [r for r in self.renewals if r.effective <= d]
+
+    def acv_on(self, d: date) -> Decimal:
+        """ACV set by the latest signing/renewal <= d plus expansions after that date and <= d."""
+        base_date, acv = self.signed, self.acv0
+        for r in self.renewals:
+            if r.effective <= d:
+                base_date, acv = r.effective, r.acv
+        for e in self.expansions:
+            if base_date < e.effective <= d:
+                acv += e.value
+        return acv
+
+    def term_end_on(self, d: date) -> date:
+        end = term_end(self.signed, self.term_months)
+        for r in self.renewals:
+            if r.effective <= d:
+                end = term_end(r.effective, r.term_months)
+        return end
+
+    def churned_by(self, d: date) -> bool:
+        return self.churn is not None and self.churn.effective <= d
+
+    def owner_on(self, d: date) -> str:
+        owner = self.seller
+        for f in self.reassignments:
+            if f.effective <= d:
+                owner = f.value
+        return owner
+
+    def owner_fact_on(self, d: date) -> Fact | None:
+        last = None
+        for f in self.reassignments:
+            if f.effective <= d:
+                last = f
+        return last
+
+    def change_dates(self) -> list[date]:
+        """Every date on which the ACV may change (for 'ACV never reaches 0' checks)."""
+        return sorted({self.signed, *(r.effective for r in self.renewals), *(e.effective for e in self.expansions)})
+
+
+@dataclass(frozen=True, slots=True)
+class Violation:
+    rep_id: str
+    severity: str
+    contract_id: str | None
+    effective: date
+    description: str
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Adjustment:
+    event_id: str
+    rep_id: str
+    amount: Decimal
+    currency: str
+    reason: str
+    approved_by: str
+    contract_id: str | None
+    effective: date
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    amount: Decimal
+    currency: str
+    effective: date
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class Scorecard:
+    composite: Decimal
+    components: dict[str, Any] | None
+    effective: date
+    position: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClosedCycle:
+    period: str
+    as_of: date
+    ledger_position: int
+    plans: dict[str, str]
+    lines: tuple[dict[str, Any], ...]
+    totals: tuple[dict[str, Any], ...]
+    position: int
+    recorded_at: str
+
+
+@dataclass(frozen=True, slots=True)
+class RegisteredPlan:
+    plan_id: str
+    version: str
+    content_hash: str
+    filename: str
+    text: str
+    position: int
+
+
+@dataclass(slots=True)
+class LedgerState:
+    """Everything the ledger knows, with dates and positions. Built only by ``Projector``."""
+
+    position: int = 0
+    reps: dict[str, Rep] = field(default_factory=dict)
+    contracts: dict[str, Contract] = field(default_factory=dict)
+    targets: dict[tuple[str, int], list[Target]] = field(default_factory=dict)
+    kpis: dict[tuple[str, int, str], list[Fact]] = field(default_factory=dict)
+    violations: list[Violation] = field(default_factory=list)
+    scorecards: dict[tuple[str, int], list[Scorecard]] = field(default_factory=dict)
+    adjustments: list[Adjustment] = field(default_factory=list)
+    cycles: dict[str, ClosedCycle] = field(default_factory=dict)
+    plans: dict[str, RegisteredPlan] = field(default_factory=dict)
+    stream_versions: dict[str, int] = field(default_factory=dict)
+    event_ids: dict[str, str] = field(default_factory=dict)  # event_id -> content hash
+
+    # --- queries used by rules and scorecards ---
+
+    def violations_of(self, rep_id: str) -> list[Violation]:
+        return [v for v in self.violations if v.rep_id == rep_id]
+
+    def contracts_by_seller(self) -> dict[str, list[Contract]]:
+        out: dict[str, list[Contract]] = {}
+        for c in self.contracts.values():
+            out.setdefault(c.seller, []).append(c)
+        return out
+
+    def latest_scorecard(self, rep_id: str, year: int, as_of: date) -> Scorecard | None:
+        """The latest publication recorded so far (highest position) whose effective date is <= as_of."""
+        best = None
+        for s in self.scorecards.get((rep_id, year), ()):
+            if s.effective <= as_of and (best is None or s.position > best.position):
+                best = s
+        return best
+
+    def latest_target(self, rep_id: str, year: int) -> Target | None:
+        items = self.targets.get((rep_id, year))
+        return max(items, key=lambda t: t.position) if items else None
+
+    def latest_kpi(self, rep_id: str, year: int, kpi: str) -> Fact | None:
+        items = self.kpis.get((rep_id, year, kpi))
+        return max(items, key=lambda f: f.position) if items else None
+
+    def last_closed_period(self) -> str | None:
+        return max(self.cycles) if self.cycles else None
+
+
+class Projector:
+    """Applies recorded events to a state, one at a time, in ledger order (the fold's step)."""
+
+    def __init__(self, state: LedgerState | None = None) -> None:
+        self.state = state if state is not None else LedgerState()
+
+    def apply_all(self, records: Iterable[Recorded]) -> LedgerState:
+        for r in records:
+            self.apply(r)
+        return self.state
+
+    def apply(self, rec: Recorded) -> None:
+        s = self.state
+        e = rec.event
+        pos = rec.position
+        s.position = pos
+        s.stream_versions[rec.stream_id] = rec.stream_version
+        handler = _HANDLERS.get(type(e))
+        if handler is None:
+            raise TypeError(f"no projection for event type {e.type}")
+        handler(s, e, pos, rec)
+
+
+def _insort(items: list[Any], item: Any, key: Any) -> None:
+    """Keep lists in (effective, position) order even when facts arrive late."""
+    items.append(item)
+    if len(items) > 1 and key(items[-2]) > key(item):
+        items.sort(key=key)
+
+
+def _fact_key(f: Fact) -> tuple[date, int]:
+    return (f.effective, f.position)
+
+
+def _rep_hired(s: LedgerState, e: RepHired, pos: int, rec: Recorded) -> None:
+    s.reps[e.rep_id] = Rep(e.rep_id, e.name, e.role, e.region, e.manager_id, e.effective, pos)
+
+
+def _rep_terminated(s: LedgerState, e: RepTerminated, pos: int, rec: Recorded) -> None:
+    s.reps[e.rep_id].terminated = Fact(e.effective, pos, e.leaver)
+
+
+def _target_set(s: LedgerState, e: TargetSet, pos: int, rec: Recorded) -> None:
+    s.targets.setdefault((e.rep_id, e.year), []).append(Target(e.amount, e.currency, e.effective, pos))
+
+
+def _signed(s: LedgerState, e: ContractSigned, pos: int, rec: Recorded) -> None:
+    s.contracts[e.contract_id] = Contract(
+        e.contract_id, e.account_id, e.rep_id, e.currency, e.effective, e.acv, e.term_months, e.gross_margin, pos
+    )
+
+
+def _renewed(s: LedgerState, e: ContractRenewed, pos: int, rec: Recorded) -> None:
+    _insort(s.contracts[e.contract_id].renewals, Renewal(e.effective, e.acv, e.term_months, pos),
+            lambda r: (r.effective, r.position))
+
+
+def _expanded(s: LedgerState, e: ContractExpanded, pos: int, rec: Recorded) -> None:
+    _insort(s.contracts[e.contract_id].expansions, Fact(e.effective, pos, e.acv_delta), _fact_key)
+
+
+def _churned(s: LedgerState, e: ContractChurned, pos: int, rec: Recorded) -> None:
+    c = s.contracts[e.contract_id]
+    if c.churn is None or e.effective < c.churn.effective:
+        c.churn = Fact(e.effective, pos, e.reason)
+
+
+def _reassigned(s: LedgerState, e: ContractReassigned, pos: int, rec: Recorded) -> None:
+    _insort(s.contracts[e.contract_id].reassignments, Fact(e.effective, pos, e.rep_id), _fact_key)
+
+
+def _service_cost(s: LedgerState, e: ServiceCost, pos: int, rec: Recorded) -> None:
+    _insort(s.contracts[e.contract_id].service_costs, Fact(e.effective, pos, e.amount), _fact_key)
+
+
+def _kpi(s: LedgerState, e: KpiMeasured, pos: int, rec: Recorded) -> None:
+    s.kpis.setdefault((e.rep_id, e.year, e.kpi), []).append(Fact(e.effective, pos, e.value))
+
+
+def _violation(s: LedgerState, e: ComplianceViolation, pos: int, rec: Recorded) -> None:
+    s.violations.append(Violation(e.rep_id, e.severity, e.contract_id, e.effective, e.description, pos))
+
+
+def _scorecard(s: LedgerState, e: ScorecardPublished, pos: int, rec: Recorded) -> None:
+    s.scorecards.setdefault((e.rep_id, e.year), []).append(Scorecard(e.composite, e.components, e.effective, pos))
+
+
+def _adjustment(s: LedgerState, e: AdjustmentRecorded, pos: int, rec: Recorded) -> None:
+    s.adjustments.append(
+        Adjustment(e.event_id, e.rep_id, e.amount, e.currency, e.reason, e.approved_by, e.contract_id, e.effective, pos)
+    )
+
+
+def _cycle(s: LedgerState, e: CycleClosed, pos: int, rec: Recorded) -> None:
+    s.cycles[e.period] = ClosedCycle(
+        e.period, e.as_of, e.ledger_position, dict(e.plans), e.lines, e.totals, pos, rec.recorded_at
+    )
+
+
+def _plan(s: LedgerState, e: PlanRegistered, pos: int, rec: Recorded) -> None:
+    s.plans[e.content_hash] = RegisteredPlan(e.plan_id, e.version, e.content_hash, e.filename, e.text, pos)
+
+
+_HANDLERS: dict[type[Event], Any] = {
+    RepHired: _rep_hired,
+    RepTerminated: _rep_terminated,
+    TargetSet: _target_set,
+    ContractSigned: _signed,
+    ContractRenewed: _renewed,
+    ContractExpanded: _expanded,
+    ContractChurned: _churned,
+    ContractReassigned: _reassigned,
+    ServiceCost: _service_cost,
+    KpiMeasured: _kpi,
+    ComplianceViolation: _violation,
+    ScorecardPublished: _scorecard,
+    AdjustmentRecorded: _adjustment,
+    CycleClosed: _cycle,
+    PlanRegistered: _plan,
+}
+
+
+def project(records: Iterable[Recorded]) -> LedgerState:
+    """The fold: events in ledger order -> state."""
+    return Projector().apply_all(records)
+
+
+def state_digest(state: LedgerState) -> str:
+    """SHA-256 of a canonical dump of every projection (identical however often replay runs)."""
+    return sha256_hex(canonical_json(dump_state(state)))
+
+
+def dump_state(state: LedgerState) -> dict[str, Any]:
+    def rep(r: Rep) -> dict[str, Any]:
+        return {
+            "rep_id": r.rep_id, "name": r.name, "role": r.role, "region": r.region, "manager_id": r.manager_id,
+            "hired": r.hired, "terminated": _fact(r.terminated),
+        }
+
+    def contract(c: Contract) -> dict[str, Any]:
+        return {
+            "contract_id": c.contract_id, "account_id": c.account_id, "seller": c.seller, "currency": c.currency,
+            "signed": c.signed, "acv0": c.acv0, "term_months": c.term_months, "gross_margin": c.gross_margin,
+            "renewals": [[r.effective, r.acv, r.term_months, r.position] for r in c.renewals],
+            "expansions": [_fact(f) for f in c.expansions],
+            "churn": _fact(c.churn),
+            "reassignments": [_fact(f) for f in c.reassignments],
+            "service_costs": [_fact(f) for f in c.service_costs],
+        }
+
+    return {
+        "position": state.position,
+        "reps": {k: rep(v) for k, v in sorted(state.reps.items())},
+        "contracts": {k: contract(v) for k, v in sorted(state.contracts.items())},
+        "targets": {f"{k[0]}/{k[1]}": [[t.amount, t.currency, t.effective, t.position] for t in v]
+                    for k, v in sorted(state.targets.items())},
+        "kpis": {"/".join(map(str, k)): [_fact(f) for f in v] for k, v in sorted(state.kpis.items())},
+        "violations": [[v.rep_id, v.severity, v.contract_id, v.effective, v.description, v.position]
+                       for v in state.violations],
+        "scorecards": {f"{k[0]}/{k[1]}": [[s.composite, s.components, s.effective, s.position] for s in v]
+                       for k, v in sorted(state.scorecards.items())},
+        "adjustments": [[a.event_id, a.rep_id, a.amount, a.currency, a.reason, a.approved_by, a.contract_id,
+                         a.effective, a.position] for a in state.adjustments],
+        "cycles": {k: [c.as_of, c.ledger_position, c.plans, list(c.lines), list(c.totals), c.position]
+                   for k, c in sorted(state.cycles.items())},
+        "plans": {k: [p.plan_id, p.version, p.filename, p.position] for k, p in sorted(state.plans.items())},
+    }
+
+
+def _fact(f: Fact | None) -> list[Any] | None:
+    return None if f is None else [f.effective, f.position, f.value]

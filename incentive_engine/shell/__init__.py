@@ -1,0 +1,1 @@
+"""The imperative shell: ledger storage, file ingest, cycles on the database, the CLI."""
