@@ -1,0 +1,208 @@
+"""The reference rules an event must satisfy against what the ledger already knows (pure).
+
+``check_batch`` walks a file's events in order against the current state plus the file's earlier events,
+and returns every problem found (not just the first): a file is all-or-nothing, and the person fixing it
+wants the whole list. The state is never mutated: touched entities are copied into an overlay.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+
+from .events import (
+    AdjustmentRecorded,
+    ComplianceViolation,
+    ContractChurned,
+    ContractExpanded,
+    ContractReassigned,
+    ContractRenewed,
+    ContractSigned,
+    Event,
+    KpiMeasured,
+    RepHired,
+    RepTerminated,
+    ScorecardPublished,
+    ServiceCost,
+    TargetSet,
+)
+from .money import MoneyError, check_amount
+from .projections import Contract, LedgerState, Projector, Recorded, Rep
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    index: int  # position of the event in the batch (0-based)
+    field: str
+    reason: str
+
+
+class _Scratch:
+    """A copy-on-write view: reads fall through to the base state, writes copy the entity first."""
+
+    def __init__(self, base: LedgerState) -> None:
+        self.base = base
+        self.reps: dict[str, Rep] = {}
+        self.contracts: dict[str, Contract] = {}
+
+    def rep(self, rep_id: str) -> Rep | None:
+        return self.reps.get(rep_id) or self.base.reps.get(rep_id)
+
+    def contract(self, contract_id: str) -> Contract | None:
+        return self.contracts.get(contract_id) or self.base.contracts.get(contract_id)
+
+    def apply(self, event: Event, fake_position: int) -> None:
+        """Apply an accepted event to copies of the entities it touches."""
+        state = LedgerState()
+        cid = getattr(event, "contract_id", None)
+        rid = getattr(event, "rep_id", None)
+        if isinstance(event, ContractSigned | ContractRenewed | ContractExpanded | ContractChurned |
+                      ContractReassigned | ServiceCost):
+            c = self.contract(cid)  # type: ignore[arg-type]
+            if c is not None:
+                state.contracts[cid] = self.contracts.get(cid) or copy.deepcopy(c)  # type: ignore[index]
+        elif isinstance(event, RepHired | RepTerminated):
+            r = self.rep(rid)  # type: ignore[arg-type]
+            if r is not None:
+                state.reps[rid] = self.reps.get(rid) or copy.copy(r)  # type: ignore[index]
+        else:
+            return  # other facts do not affect what later lines of the same file are checked against
+        Projector(state).apply(Recorded(fake_position, "", "", 0, event))
+        self.contracts.update(state.contracts)
+        self.reps.update(state.reps)
+
+
+def check_batch(state: LedgerState, events: Sequence[Event]) -> list[Rejection]:
+    scratch = _Scratch(state)
+    problems: list[Rejection] = []
+    fake_position = state.position
+    for index, event in enumerate(events):
+        found = _check(scratch, event)
+        if found:
+            problems.extend(Rejection(index, f, r) for f, r in found)
+            continue
+        fake_position += 1
+        scratch.apply(event, fake_position)
+    # manager references may point forward within the file: check once the whole file is known
+    for index, event in enumerate(events):
+        if isinstance(event, RepHired) and event.manager_id and scratch.rep(event.manager_id) is None:
+            problems.append(Rejection(index, "manager_id", f"unknown rep {event.manager_id!r}"))
+    problems.sort(key=lambda p: p.index)
+    return problems
+
+
+def _employed(s: _Scratch, rep_id: str, on: date, field: str) -> list[tuple[str, str]]:
+    rep = s.rep(rep_id)
+    if rep is None:
+        return [(field, f"unknown rep {rep_id!r} (no rep.hired)")]
+    if rep.hired > on:
+        return [(field, f"rep {rep_id!r} is hired only on {rep.hired}, after {on}")]
+    if rep.terminated is not None and rep.terminated.effective <= on:
+        return [(field, f"rep {rep_id!r} was terminated on {rep.terminated.effective}")]
+    return []
+
+
+def _known_rep(s: _Scratch, rep_id: str) -> list[tuple[str, str]]:
+    return [] if s.rep(rep_id) is not None else [("rep_id", f"unknown rep {rep_id!r} (no rep.hired)")]
+
+
+def _live_contract(s: _Scratch, contract_id: str, on: date) -> tuple[Contract | None, list[tuple[str, str]]]:
+    c = s.contract(contract_id)
+    if c is None:
+        return None, [("contract_id", f"unknown contract {contract_id!r} (no contract.signed)")]
+    if on < c.signed:
+        return c, [("effective", f"{on} is before contract {contract_id!r} was signed on {c.signed}")]
+    if c.churn is not None and c.churn.effective <= on:
+        return c, [("contract_id", f"contract {contract_id!r} churned on {c.churn.effective}")]
+    return c, []
+
+
+def _digits(value: Decimal, currency: str, field: str) -> list[tuple[str, str]]:
+    try:
+        check_amount(value, currency)
+    except MoneyError as exc:
+        return [(field, str(exc))]
+    return []
+
+
+def _acv_stays_positive(c: Contract, field: str) -> list[tuple[str, str]]:
+    for d in c.change_dates():
+        acv = c.acv_on(d)
+        if acv <= 0:
+            return [(field, f"the ACV of contract {c.contract_id!r} would fall to {acv} on {d}")]
+    return []
+
+
+def _check(s: _Scratch, e: Event) -> list[tuple[str, str]]:
+    d = e.effective
+    if isinstance(e, RepHired):
+        if s.rep(e.rep_id) is not None:
+            return [("rep_id", f"rep {e.rep_id!r} is already hired")]
+        return []
+    if isinstance(e, RepTerminated):
+        rep = s.rep(e.rep_id)
+        if rep is None:
+            return [("rep_id", f"unknown rep {e.rep_id!r} (no rep.hired)")]
+        if rep.terminated is not None:
+            return [("rep_id", f"rep {e.rep_id!r} was already terminated on {rep.terminated.effective}")]
+        if d < rep.hired:
+            return [("effective", f"{d} is before rep {e.rep_id!r} was hired on {rep.hired}")]
+        return []
+    if isinstance(e, ContractSigned):
+        if s.contract(e.contract_id) is not None:
+            return [("contract_id", f"contract {e.contract_id!r} is already signed")]
+        return _employed(s, e.rep_id, d, "rep_id")
+    if isinstance(e, ContractRenewed):
+        c, found = _live_contract(s, e.contract_id, d)
+        if c is None or found:
+            return found
+        if d <= c.signed:
+            return [("effective", f"a renewal must come after the signing on {c.signed}")]
+        return _digits(e.acv, c.currency, "acv")
+    if isinstance(e, ContractExpanded):
+        c, found = _live_contract(s, e.contract_id, d)
+        if c is None or found:
+            return found
+        found = _digits(e.acv_delta, c.currency, "acv_delta")
+        if found:
+            return found
+        trial = copy.deepcopy(c)
+        Projector(_single(trial)).apply(Recorded(10**12, "", "", 0, e))
+        return _acv_stays_positive(trial, "acv_delta")
+    if isinstance(e, ContractChurned):
+        _, found = _live_contract(s, e.contract_id, d)
+        return found
+    if isinstance(e, ContractReassigned):
+        _, found = _live_contract(s, e.contract_id, d)
+        return found or _employed(s, e.rep_id, d, "rep_id")
+    if isinstance(e, ServiceCost):
+        c, found = _live_contract(s, e.contract_id, d)
+        if c is None or found:
+            return found
+        return _digits(e.amount, c.currency, "amount")
+    if isinstance(e, TargetSet | KpiMeasured | ScorecardPublished):
+        return _known_rep(s, e.rep_id)
+    if isinstance(e, ComplianceViolation):
+        found = _known_rep(s, e.rep_id)
+        if e.contract_id is not None and s.contract(e.contract_id) is None:
+            found.append(("contract_id", f"unknown contract {e.contract_id!r} (no contract.signed)"))
+        return found
+    if isinstance(e, AdjustmentRecorded):
+        found = _known_rep(s, e.rep_id)
+        if e.contract_id is not None:
+            c = s.contract(e.contract_id)
+            if c is None:
+                found.append(("contract_id", f"unknown contract {e.contract_id!r} (no contract.signed)"))
+            elif c.currency != e.currency:
+                found.append(("currency", f"contract {e.contract_id!r} is in {c.currency}, not {e.currency}"))
+        return found
+    return [("type", f"{e.type} cannot be ingested")]
+
+
+def _single(c: Contract) -> LedgerState:
+    state = LedgerState()
+    state.contracts[c.contract_id] = c
+    return state
