@@ -17,6 +17,7 @@ from typing import Any
 
 from .dates import period_end
 from .evaluation import Evaluation, evaluate_all
+from .events import CycleClosed
 from .money import ZERO, format_factor, format_money
 from .plan import PlanBook
 from .projections import LedgerState
@@ -180,15 +181,36 @@ def cycle_json(result: CycleResult) -> dict[str, Any]:
 
 def lines_from_json(rows: tuple[dict[str, Any], ...]) -> tuple[Line, ...]:
     return tuple(
-        Line(r["rep_id"], r["contract_id"], r["obligation"], r["kind"], Decimal(r["amount"]), r["currency"],
-             r["reason"])
+        Line(
+            r["rep_id"], r["contract_id"], r["obligation"], r["kind"], Decimal(r["amount"]), r["currency"], r["reason"]
+        )
         for r in rows
     )
 
 
 def totals_from_json(rows: tuple[dict[str, Any], ...]) -> tuple[Total, ...]:
     return tuple(
-        Total(r["rep_id"], r["currency"], Decimal(r["lines_total"]), Decimal(r["carried_in"]), Decimal(r["payable"]),
-              Decimal(r["carried_out"]))
+        Total(
+            r["rep_id"],
+            r["currency"],
+            Decimal(r["lines_total"]),
+            Decimal(r["carried_in"]),
+            Decimal(r["payable"]),
+            Decimal(r["carried_out"]),
+        )
         for r in rows
+    )
+
+
+def cycle_event(result: CycleResult, ledger_position: int) -> CycleClosed:
+    """The event that records a closed cycle: what it saw, which plans it used and what it issued."""
+    return CycleClosed(
+        type="cycle.closed",
+        effective=result.as_of,
+        period=result.period,
+        as_of=result.as_of,
+        ledger_position=ledger_position,
+        plans=result.plans,
+        lines=tuple(line_json(x) for x in result.lines),
+        totals=tuple(total_json(t) for t in result.totals),
     )

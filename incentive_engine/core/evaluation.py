@@ -112,8 +112,15 @@ def obligations_of(contract: Contract, plan: Plan, state: LedgerState, as_of: da
         if r.effective > as_of:
             break
         yield Obligation(
-            f"{cid}/renewal/{r.effective.isoformat()}", "renewal", cid, contract.owner_on(r.effective), cur,
-            r.effective, round_money(rate * r.acv, cur), h, renewal=r,
+            f"{cid}/renewal/{r.effective.isoformat()}",
+            "renewal",
+            cid,
+            contract.owner_on(r.effective),
+            cur,
+            r.effective,
+            round_money(rate * r.acv, cur),
+            h,
+            renewal=r,
         )
 
 
@@ -129,8 +136,12 @@ def contract_veto(ctx: Context) -> Outcome | None:
     """A veto naming this contract, effective <= as-of: nothing of the contract is earned."""
     for v in _vetoes(ctx):
         if v.contract_id == ctx.contract.contract_id:
-            return ("forfeited", "compliance_veto", (v.position,),
-                    f"veto on contract {v.contract_id} effective {v.effective}: {v.description}")
+            return (
+                "forfeited",
+                "compliance_veto",
+                (v.position,),
+                f"veto on contract {v.contract_id} effective {v.effective}: {v.description}",
+            )
     return None
 
 
@@ -140,8 +151,12 @@ def rep_veto(ctx: Context) -> Outcome | None:
     c, vest = ctx.contract, ctx.obligation.due
     for v in _vetoes(ctx):
         if v.rep_id == c.seller and c.signed <= v.effective <= vest:
-            return ("forfeited", "compliance_veto", (v.position,),
-                    f"veto of seller {v.rep_id} effective {v.effective}, between signing {c.signed} and vesting {vest}")
+            return (
+                "forfeited",
+                "compliance_veto",
+                (v.position,),
+                f"veto of seller {v.rep_id} effective {v.effective}, between signing {c.signed} and vesting {vest}",
+            )
     return None
 
 
@@ -150,8 +165,12 @@ def bad_leaver(ctx: Context) -> Outcome | None:
     rep = ctx.state.reps.get(ctx.contract.seller)
     t = rep.terminated if rep else None
     if t is not None and t.value == "bad" and t.effective <= ctx.obligation.due:
-        return ("forfeited", "bad_leaver", (t.position,),
-                f"seller {rep.rep_id} left as a bad leaver on {t.effective}, before vesting {ctx.obligation.due}")
+        return (
+            "forfeited",
+            "bad_leaver",
+            (t.position,),
+            f"seller {rep.rep_id} left as a bad leaver on {t.effective}, before vesting {ctx.obligation.due}",
+        )
     return None
 
 
@@ -159,7 +178,8 @@ def bad_leaver(ctx: Context) -> Outcome | None:
 def churned(ctx: Context) -> Outcome | None:
     ch = ctx.contract.churn
     if ch is not None and ch.effective <= ctx.obligation.due and ch.effective <= ctx.as_of:
-        return ("forfeited", "churned", (ch.position,), f"contract churned on {ch.effective}, by vesting {ctx.obligation.due}")
+        detail = f"contract churned on {ch.effective}, by vesting {ctx.obligation.due}"
+        return ("forfeited", "churned", (ch.position,), detail)
     return None
 
 
@@ -171,11 +191,20 @@ def lapsed(ctx: Context) -> Outcome | None:
         return None
     grace = ctx.plan.model.release.lapse.grace_days
     last = [r.position for r in c.renewals if r.effective <= vest][-1:] or [c.signed_position]
-    if ctx.as_of <= add_days(end, grace):
-        return ("held", "awaiting_renewal", tuple(last),
-                f"term ended {end}, no renewal covers vesting {vest}; held until {add_days(end, grace)} ({grace} days grace)")
-    return ("forfeited", "lapsed", tuple(last),
-            f"term ended {end}, no renewal covers vesting {vest} and the {grace}-day grace ended {add_days(end, grace)}")
+    until = add_days(end, grace)
+    if ctx.as_of <= until:
+        return (
+            "held",
+            "awaiting_renewal",
+            tuple(last),
+            f"term ended {end}, no renewal covers vesting {vest}; held until {until} ({grace} days grace)",
+        )
+    return (
+        "forfeited",
+        "lapsed",
+        tuple(last),
+        f"term ended {end}, no renewal covers vesting {vest} and the {grace}-day grace ended {until}",
+    )
 
 
 @rule("early_churn")
@@ -183,8 +212,12 @@ def early_churn(ctx: Context) -> Outcome | None:
     c, ch = ctx.contract, ctx.contract.churn
     window = ctx.plan.model.release.early_churn.window_days
     if ch is not None and ch.effective <= ctx.as_of and ch.effective < add_days(c.signed, window):
-        return ("forfeited", "early_churn", (ch.position,),
-                f"churned on {ch.effective}, less than {window} days after signing on {c.signed}")
+        return (
+            "forfeited",
+            "early_churn",
+            (ch.position,),
+            f"churned on {ch.effective}, less than {window} days after signing on {c.signed}",
+        )
     return None
 
 
@@ -195,8 +228,12 @@ def no_owner(ctx: Context) -> Outcome | None:
     rep = ctx.state.reps.get(ctx.obligation.rep_id)
     t = rep.terminated if rep else None
     if t is not None and t.effective <= r.effective:
-        return ("forfeited", "no_owner", (t.position,),
-                f"owner {rep.rep_id} was terminated on {t.effective}, on or before the renewal {r.effective}")
+        return (
+            "forfeited",
+            "no_owner",
+            (t.position,),
+            f"owner {rep.rep_id} was terminated on {t.effective}, on or before the renewal {r.effective}",
+        )
     return None
 
 
@@ -213,12 +250,28 @@ def evaluate_obligation(plan: Plan, state: LedgerState, as_of: date, contract: C
             status, reason, facts, detail = outcome
             return Evaluation(ob, status, ZERO, reason, name, {}, facts, detail)
     if ob.kind == "upfront":
-        return Evaluation(ob, "earned", ob.base, "earned", "upfront", {}, (contract.signed_position,),
-                          f"up-front share of the commission on ACV {contract.acv0}")
+        return Evaluation(
+            ob,
+            "earned",
+            ob.base,
+            "earned",
+            "upfront",
+            {},
+            (contract.signed_position,),
+            f"up-front share of the commission on ACV {contract.acv0}",
+        )
     if ob.kind == "renewal":
         assert ob.renewal is not None
-        return Evaluation(ob, "earned", ob.base, "earned", "renewal", {}, (ob.renewal.position,),
-                          f"renewal rate x renewal ACV {ob.renewal.acv}")
+        return Evaluation(
+            ob,
+            "earned",
+            ob.base,
+            "earned",
+            "renewal",
+            {},
+            (ob.renewal.position,),
+            f"renewal rate x renewal ACV {ob.renewal.acv}",
+        )
     return _earned_tranche(ctx)
 
 
@@ -258,8 +311,16 @@ def _earned_tranche(ctx: Context) -> Evaluation:
         else:
             facts.append(card.position)
             if card.composite < rel.scorecard.gate:
-                return Evaluation(ob, "forfeited", ZERO, "scorecard_gate", "scorecard_gate", {}, tuple(facts),
-                                  f"{year} composite {card.composite} < gate {rel.scorecard.gate}")
+                return Evaluation(
+                    ob,
+                    "forfeited",
+                    ZERO,
+                    "scorecard_gate",
+                    "scorecard_gate",
+                    {},
+                    tuple(facts),
+                    f"{year} composite {card.composite} < gate {rel.scorecard.gate}",
+                )
             score = min(card.composite, rel.scorecard.cap) / 100
             details.append(f"{year} composite {card.composite}, capped at {rel.scorecard.cap}, / 100")
 
@@ -281,9 +342,27 @@ def evaluate_all(book: PlanBook, state: LedgerState, as_of: date) -> list[Evalua
             out.append(evaluate_obligation(plan, state, as_of, contract, ob))
     for adj in state.adjustments:
         if adj.effective <= as_of:
-            ob = Obligation(f"ADJ/{adj.event_id}", "manual", adj.contract_id, adj.rep_id, adj.currency,
-                            adj.effective, adj.amount, "")
-            out.append(Evaluation(ob, "earned", adj.amount, adj.reason, "manual_adjustment", {}, (adj.position,),
-                                  f"manual adjustment approved by {adj.approved_by}: {adj.reason}"))
+            ob = Obligation(
+                f"ADJ/{adj.event_id}",
+                "manual",
+                adj.contract_id,
+                adj.rep_id,
+                adj.currency,
+                adj.effective,
+                adj.amount,
+                "",
+            )
+            out.append(
+                Evaluation(
+                    ob,
+                    "earned",
+                    adj.amount,
+                    adj.reason,
+                    "manual_adjustment",
+                    {},
+                    (adj.position,),
+                    f"manual adjustment approved by {adj.approved_by}: {adj.reason}",
+                )
+            )
     out.sort(key=lambda e: (e.obligation.rep_id, e.obligation.contract_id or "", e.obligation.obligation_id))
     return out

@@ -340,9 +340,21 @@ ANY_ADAPTER: TypeAdapter[Any] = TypeAdapter(AnyEvent)
 EVENT_CLASSES: dict[str, type[Event]] = {
     cls.model_fields["type"].annotation.__args__[0]: cls  # type: ignore[union-attr]
     for cls in (
-        RepHired, RepTerminated, TargetSet, ContractSigned, ContractRenewed, ContractExpanded,
-        ContractChurned, ContractReassigned, ServiceCost, KpiMeasured, ComplianceViolation,
-        ScorecardPublished, AdjustmentRecorded, PlanRegistered, CycleClosed,
+        RepHired,
+        RepTerminated,
+        TargetSet,
+        ContractSigned,
+        ContractRenewed,
+        ContractExpanded,
+        ContractChurned,
+        ContractReassigned,
+        ServiceCost,
+        KpiMeasured,
+        ComplianceViolation,
+        ScorecardPublished,
+        AdjustmentRecorded,
+        PlanRegistered,
+        CycleClosed,
     )
 }
 

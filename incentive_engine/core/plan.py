@@ -96,9 +96,7 @@ class Checks(_Strict):
 
     upfront: tuple[Literal["contract_veto", "early_churn"], ...] = UPFRONT_RULES  # type: ignore[assignment]
     renewal: tuple[Literal["contract_veto", "no_owner"], ...] = RENEWAL_RULES  # type: ignore[assignment]
-    tranche: tuple[Literal["contract_veto", "rep_veto", "bad_leaver", "churned", "lapsed"], ...] = (
-        TRANCHE_RULES  # type: ignore[assignment]
-    )
+    tranche: tuple[Literal["contract_veto", "rep_veto", "bad_leaver", "churned", "lapsed"], ...] = TRANCHE_RULES  # type: ignore[assignment]
 
 
 class Release(_Strict):
@@ -181,8 +179,6 @@ class PlanBook:
     """The plans available to an evaluation, ordered by effective date."""
 
     def __init__(self, plans: list[Plan]) -> None:
-        if not plans:
-            raise PlanError("no plan files found")
         ordered = sorted(plans, key=lambda p: (p.model.effective_from, p.version))
         seen: dict[date, Plan] = {}
         for p in ordered:
@@ -197,6 +193,8 @@ class PlanBook:
 
     def in_force(self, on: date) -> Plan:
         i = bisect_right(self._dates, on)
+        if not self.plans:
+            raise PlanError(f"no plan in force on {on}: no plan files")
         if i == 0:
             raise PlanError(f"no plan in force on {on} (the earliest plan starts {self._dates[0]})")
         return self.plans[i - 1]

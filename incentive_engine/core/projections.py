@@ -217,7 +217,6 @@ class LedgerState:
     cycles: dict[str, ClosedCycle] = field(default_factory=dict)
     plans: dict[str, RegisteredPlan] = field(default_factory=dict)
     stream_versions: dict[str, int] = field(default_factory=dict)
-    event_ids: dict[str, str] = field(default_factory=dict)  # event_id -> content hash
 
     # --- queries used by rules and scorecards ---
 
@@ -303,8 +302,11 @@ def _signed(s: LedgerState, e: ContractSigned, pos: int, rec: Recorded) -> None:
 
 
 def _renewed(s: LedgerState, e: ContractRenewed, pos: int, rec: Recorded) -> None:
-    _insort(s.contracts[e.contract_id].renewals, Renewal(e.effective, e.acv, e.term_months, pos),
-            lambda r: (r.effective, r.position))
+    _insort(
+        s.contracts[e.contract_id].renewals,
+        Renewal(e.effective, e.acv, e.term_months, pos),
+        lambda r: (r.effective, r.position),
+    )
 
 
 def _expanded(s: LedgerState, e: ContractExpanded, pos: int, rec: Recorded) -> None:
@@ -385,14 +387,25 @@ def state_digest(state: LedgerState) -> str:
 def dump_state(state: LedgerState) -> dict[str, Any]:
     def rep(r: Rep) -> dict[str, Any]:
         return {
-            "rep_id": r.rep_id, "name": r.name, "role": r.role, "region": r.region, "manager_id": r.manager_id,
-            "hired": r.hired, "terminated": _fact(r.terminated),
+            "rep_id": r.rep_id,
+            "name": r.name,
+            "role": r.role,
+            "region": r.region,
+            "manager_id": r.manager_id,
+            "hired": r.hired,
+            "terminated": _fact(r.terminated),
         }
 
     def contract(c: Contract) -> dict[str, Any]:
         return {
-            "contract_id": c.contract_id, "account_id": c.account_id, "seller": c.seller, "currency": c.currency,
-            "signed": c.signed, "acv0": c.acv0, "term_months": c.term_months, "gross_margin": c.gross_margin,
+            "contract_id": c.contract_id,
+            "account_id": c.account_id,
+            "seller": c.seller,
+            "currency": c.currency,
+            "signed": c.signed,
+            "acv0": c.acv0,
+            "term_months": c.term_months,
+            "gross_margin": c.gross_margin,
             "renewals": [[r.effective, r.acv, r.term_months, r.position] for r in c.renewals],
             "expansions": [_fact(f) for f in c.expansions],
             "churn": _fact(c.churn),
@@ -404,17 +417,36 @@ def dump_state(state: LedgerState) -> dict[str, Any]:
         "position": state.position,
         "reps": {k: rep(v) for k, v in sorted(state.reps.items())},
         "contracts": {k: contract(v) for k, v in sorted(state.contracts.items())},
-        "targets": {f"{k[0]}/{k[1]}": [[t.amount, t.currency, t.effective, t.position] for t in v]
-                    for k, v in sorted(state.targets.items())},
+        "targets": {
+            f"{k[0]}/{k[1]}": [[t.amount, t.currency, t.effective, t.position] for t in v]
+            for k, v in sorted(state.targets.items())
+        },
         "kpis": {"/".join(map(str, k)): [_fact(f) for f in v] for k, v in sorted(state.kpis.items())},
-        "violations": [[v.rep_id, v.severity, v.contract_id, v.effective, v.description, v.position]
-                       for v in state.violations],
-        "scorecards": {f"{k[0]}/{k[1]}": [[s.composite, s.components, s.effective, s.position] for s in v]
-                       for k, v in sorted(state.scorecards.items())},
-        "adjustments": [[a.event_id, a.rep_id, a.amount, a.currency, a.reason, a.approved_by, a.contract_id,
-                         a.effective, a.position] for a in state.adjustments],
-        "cycles": {k: [c.as_of, c.ledger_position, c.plans, list(c.lines), list(c.totals), c.position]
-                   for k, c in sorted(state.cycles.items())},
+        "violations": [
+            [v.rep_id, v.severity, v.contract_id, v.effective, v.description, v.position] for v in state.violations
+        ],
+        "scorecards": {
+            f"{k[0]}/{k[1]}": [[s.composite, s.components, s.effective, s.position] for s in v]
+            for k, v in sorted(state.scorecards.items())
+        },
+        "adjustments": [
+            [
+                a.event_id,
+                a.rep_id,
+                a.amount,
+                a.currency,
+                a.reason,
+                a.approved_by,
+                a.contract_id,
+                a.effective,
+                a.position,
+            ]
+            for a in state.adjustments
+        ],
+        "cycles": {
+            k: [c.as_of, c.ledger_position, c.plans, list(c.lines), list(c.totals), c.position]
+            for k, c in sorted(state.cycles.items())
+        },
         "plans": {k: [p.plan_id, p.version, p.filename, p.position] for k, p in sorted(state.plans.items())},
     }
 

@@ -59,8 +59,10 @@ class _Scratch:
         state = LedgerState()
         cid = getattr(event, "contract_id", None)
         rid = getattr(event, "rep_id", None)
-        if isinstance(event, ContractSigned | ContractRenewed | ContractExpanded | ContractChurned |
-                      ContractReassigned | ServiceCost):
+        if isinstance(
+            event,
+            ContractSigned | ContractRenewed | ContractExpanded | ContractChurned | ContractReassigned | ServiceCost,
+        ):
             c = self.contract(cid)  # type: ignore[arg-type]
             if c is not None:
                 state.contracts[cid] = self.contracts.get(cid) or copy.deepcopy(c)  # type: ignore[index]

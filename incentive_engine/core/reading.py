@@ -1,0 +1,188 @@
+"""Reading event files (JSON Lines and CSV) into validated events, with every problem as a value.
+
+Pure: text in, (events with their line numbers, problems) out. Numbers are read as Decimal straight
+from the text (never through float); NaN/Infinity, duplicate keys, a BOM, CRLF line ends and blank
+lines are handled explicitly.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Callable, Iterator
+from decimal import Decimal
+from typing import Any
+
+from pydantic import ValidationError
+
+from ..errors import Problem
+from .events import ENGINE_TYPES, FACT_ADAPTER, FACT_TYPES, Event
+
+MAX_LINE_CHARS = 100_000
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not a number")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _big_int(text: str) -> Any:
+    if len(text.lstrip("-")) > 18:
+        raise ValueError(f"number too large: {text[:30]}")
+    return int(text)
+
+
+def _decimal(text: str) -> Decimal:
+    if len(text) > 40:
+        raise ValueError(f"number too long: {text[:30]}...")
+    return Decimal(text)
+
+
+def _jsonl_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | None, Problem | None]]:
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        if len(line) > MAX_LINE_CHARS:
+            yield number, None, Problem(source, number, "(line)", f"line longer than {MAX_LINE_CHARS} characters")
+            continue
+        try:
+            value = json.loads(
+                line,
+                parse_float=_decimal,
+                parse_int=_big_int,
+                parse_constant=_no_constants,
+                object_pairs_hook=_no_duplicates,
+            )
+        except (ValueError, RecursionError) as exc:
+            yield number, None, Problem(source, number, "(json)", f"malformed JSON: {exc}")
+            continue
+        if not isinstance(value, dict):
+            yield number, None, Problem(source, number, "(json)", "each line must be a JSON object")
+            continue
+        yield number, value, None
+
+
+def _csv_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | None, Problem | None]]:
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        header = next(reader)
+    except StopIteration:
+        return
+    except csv.Error as exc:
+        yield 1, None, Problem(source, 1, "(csv)", f"malformed CSV header: {exc}")
+        return
+    header = [h.strip() for h in header]
+    if "type" not in header:
+        yield 1, None, Problem(source, 1, "(csv)", "the header must name the columns, including 'type'")
+        return
+    if len(set(header)) != len(header):
+        yield 1, None, Problem(source, 1, "(csv)", "duplicate column names in the header")
+        return
+    while True:
+        try:
+            row = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:
+            yield reader.line_num, None, Problem(source, reader.line_num, "(csv)", f"malformed CSV: {exc}")
+            return
+        number = reader.line_num
+        if not any(cell.strip() for cell in row):
+            continue
+        if len(row) != len(header):
+            yield number, None, Problem(source, number, "(csv)", f"{len(row)} cells but {len(header)} columns")
+            continue
+        record: dict[str, Any] = {}
+        for name, cell in zip(header, row, strict=True):
+            if cell.strip() == "":
+                continue
+            if name == "components":
+                try:
+                    record[name] = json.loads(cell, parse_float=_decimal, parse_constant=_no_constants)
+                except ValueError as exc:
+                    yield number, None, Problem(source, number, name, f"must be a JSON object: {exc}")
+                    break
+            else:
+                record[name] = cell.strip()
+        else:
+            yield number, record, None
+
+
+def _field_problems(source: str, number: int, exc: ValidationError, type_: str) -> list[Problem]:
+    out = []
+    for err in exc.errors():
+        loc = [str(p) for p in err["loc"]]
+        if loc and loc[0] == type_:
+            loc = loc[1:]
+        msg = err["msg"].removeprefix("Value error, ")
+        field = ".".join(loc)
+        if not field and ": " in msg and " " not in msg.split(": ", 1)[0]:
+            field, msg = msg.split(": ", 1)
+        if err["type"] == "missing":
+            msg = "required field is missing"
+        elif err["type"] == "extra_forbidden":
+            msg = f"unknown field for {type_}"
+        out.append(Problem(source, number, field or "(event)", msg))
+    return out
+
+
+def to_event(source: str, number: int, record: dict[str, Any]) -> tuple[Event | None, list[Problem]]:
+    type_ = record.get("type")
+    if not isinstance(type_, str):
+        return None, [Problem(source, number, "type", "required field is missing or not a string")]
+    if type_ in ENGINE_TYPES:
+        return None, [Problem(source, number, "type", f"{type_} is written by the engine and cannot be ingested")]
+    if type_ not in FACT_TYPES:
+        return None, [Problem(source, number, "type", f"unknown event type {type_[:60]!r}")]
+    try:
+        return FACT_ADAPTER.validate_python(record), []
+    except ValidationError as exc:
+        return None, _field_problems(source, number, exc, type_)
+
+
+def read_events(
+    source: str, data: bytes, progress: Callable[[int], None] | None = None
+) -> tuple[list[tuple[int, Event]], list[Problem]]:
+    """Parse and validate a whole file. ``source`` names it in problems; the extension picks the format."""
+    problems: list[Problem] = []
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return [], [Problem(source, None, "(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+    if "\x00" in text:
+        return [], [Problem(source, None, "(file)", "contains NUL bytes (binary file?)")]
+    lower = source.lower()
+    if lower.endswith(".jsonl") or lower.endswith(".ndjson"):
+        rows = _jsonl_rows(source, text)
+    elif lower.endswith(".csv"):
+        rows = _csv_rows(source, text)
+    else:
+        return [], [Problem(source, None, "(file)", "unknown file type: use .jsonl or .csv")]
+    events: list[tuple[int, Event]] = []
+    count = 0
+    for number, record, problem in rows:
+        count += 1
+        if progress is not None and count % 1000 == 0:
+            progress(1000)
+        if problem is not None:
+            problems.append(problem)
+            continue
+        assert record is not None
+        event, found = to_event(source, number, record)
+        if found:
+            problems.extend(found)
+        else:
+            assert event is not None
+            events.append((number, event))
+    if not events and not problems:
+        problems.append(Problem(source, None, "(file)", "no events in the file"))
+    return events, problems

@@ -1,0 +1,66 @@
+"""Output for people (rich tables) and programs (JSON), kept apart from the commands."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ..core.cycles import CycleResult, cycle_json
+from ..core.money import format_money
+
+out = Console(soft_wrap=True)
+err = Console(stderr=True, soft_wrap=True)
+
+
+def print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+
+
+def cycle_table(result: CycleResult) -> None:
+    out.print(f"[bold]Cycle {result.period}[/bold] (as of {result.as_of}) - {result.status}")
+    lines = Table(title="Lines", show_lines=False)
+    for col in ("rep", "contract", "obligation", "kind", "amount", "currency", "reason"):
+        lines.add_column(col, justify="right" if col == "amount" else "left")
+    for x in result.lines:
+        lines.add_row(
+            x.rep_id,
+            x.contract_id or "",
+            x.obligation,
+            x.kind,
+            format_money(x.amount, x.currency),
+            x.currency,
+            x.reason,
+        )
+    out.print(lines if result.lines else "No lines.")
+    pending = [(e, p) for e, p in result.evaluations if e.status != "earned"]
+    if pending:
+        held = Table(title="Held and forfeited obligations")
+        for col in ("rep", "obligation", "due", "status", "reason", "paid to date"):
+            held.add_column(col)
+        for e, p in pending:
+            ob = e.obligation
+            held.add_row(
+                ob.rep_id, ob.obligation_id, ob.due.isoformat(), e.status, e.reason, format_money(p, ob.currency)
+            )
+        out.print(held)
+    totals = Table(title="Totals per rep and currency")
+    for col in ("rep", "currency", "lines", "carried in", "payable", "carried out"):
+        totals.add_column(col, justify="left" if col in ("rep", "currency") else "right")
+    for t in result.totals:
+        totals.add_row(
+            t.rep_id,
+            t.currency,
+            *(format_money(v, t.currency) for v in (t.lines_total, t.carried_in, t.payable, t.carried_out)),
+        )
+    out.print(totals if result.totals else "No totals.")
+
+
+def cycle_output(result: CycleResult, fmt: str) -> None:
+    if fmt == "json":
+        print_json(cycle_json(result))
+    else:
+        cycle_table(result)

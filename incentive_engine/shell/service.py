@@ -1,0 +1,221 @@
+"""The orchestrator: each user operation reads top to bottom (read files -> project -> validate ->
+append; project -> evaluate -> cycle -> append). All database writes happen inside one ``writer()``
+transaction holding the ledger's single-writer lock, so every operation sees a consistent prefix and an
+interrupted one leaves nothing behind."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..core.canonical import canonical_json, content_hash
+from ..core.cycles import CycleResult, compute_cycle, cycle_event, lines_from_json, totals_from_json
+from ..core.dates import parse_period, period_end
+from ..core.events import Event, PlanRegistered, to_payload
+from ..core.plan import PlanBook
+from ..core.projections import LedgerState, project
+from ..core.reading import read_events
+from ..core.validation import check_batch
+from ..errors import CycleError, InputError, Problem
+from .plans import book_from_registered
+from .store import Ledger
+
+Progress = Callable[[int], None]
+
+
+def load_state(ledger: Ledger, upto: int | None = None, recorded_upto: str | None = None) -> LedgerState:
+    """Replay: fold the ledger (or its prefix) into state."""
+    return project(ledger.read(upto=upto, recorded_upto=recorded_upto))
+
+
+# --- ingest ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class IngestResult:
+    source: str
+    appended: int = 0
+    skipped: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    first_position: int | None = None
+
+
+def ingest_file(ledger: Ledger, path: Path, progress: Progress | None = None) -> IngestResult:
+    """Validate a whole file and append it in one transaction, or append nothing and report every problem."""
+    source = str(path)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return IngestResult(source, problems=[Problem(source, None, "(file)", f"cannot read: {exc.strerror}")])
+    parsed, problems = read_events(source, data, progress)
+    if problems:
+        return IngestResult(source, problems=problems)
+    with ledger.writer() as w:
+        state = project(w.read())
+        new, skipped, problems = _deduplicate(ledger, source, parsed)
+        rejections = check_batch(state, [e for _, e in new])
+        problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
+        if problems:
+            problems.sort(key=lambda p: p.line or 0)
+            raise_for = IngestResult(source, skipped=skipped, problems=problems)
+            raise _Abort(raise_for)
+        recorded = w.append([e for _, e in new]) if new else []
+    return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
+
+
+class _Abort(Exception):
+    def __init__(self, result: IngestResult) -> None:
+        self.result = result
+
+
+def ingest_files(ledger: Ledger, paths: list[Path], progress: Progress | None = None) -> list[IngestResult]:
+    results = []
+    for path in paths:
+        try:
+            results.append(ingest_file(ledger, path, progress))
+        except _Abort as abort:  # the writer rolled back: nothing of this file was appended
+            results.append(abort.result)
+    return results
+
+
+def _deduplicate(
+    ledger: Ledger, source: str, parsed: list[tuple[int, Event]]
+) -> tuple[list[tuple[int, Event]], int, list[Problem]]:
+    """Idempotent re-ingest: skip events already in the ledger (by event_id, else by content)."""
+    hashes = [content_hash(e.type, e.effective.isoformat(), canonical_json(to_payload(e))) for _, e in parsed]
+    stored_ids = ledger.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
+    stored_counts = ledger.content_hash_counts([h for (_, e), h in zip(parsed, hashes, strict=True) if not e.event_id])
+    seen_ids: dict[str, tuple[str, int]] = {}
+    new: list[tuple[int, Event]] = []
+    problems: list[Problem] = []
+    skipped = 0
+    for (line, event), h in zip(parsed, hashes, strict=True):
+        if event.event_id:
+            earlier = stored_ids.get(event.event_id)
+            if earlier is None and event.event_id in seen_ids:
+                earlier, first_line = seen_ids[event.event_id]
+                if earlier != h:
+                    problems.append(
+                        Problem(
+                            source,
+                            line,
+                            "event_id",
+                            f"{event.event_id!r} is used on line {first_line} with different content",
+                        )
+                    )
+                skipped += 1
+                continue
+            if earlier is not None:
+                if earlier != h:
+                    problems.append(
+                        Problem(
+                            source,
+                            line,
+                            "event_id",
+                            f"{event.event_id!r} is already in the ledger with different content",
+                        )
+                    )
+                skipped += 1
+                continue
+            seen_ids[event.event_id] = (h, line)
+        elif stored_counts.get(h, 0) > 0:
+            stored_counts[h] -= 1
+            skipped += 1
+            continue
+        new.append((line, event))
+    return new, skipped, problems
+
+
+# --- cycles ---------------------------------------------------------------------------------------------
+
+
+def check_period(period: str) -> str:
+    try:
+        parse_period(period)
+    except ValueError as exc:
+        raise CycleError(str(exc)) from None
+    return period
+
+
+def preview(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
+    state = load_state(ledger)
+    _check_order(state, check_period(period))
+    if period in state.cycles:
+        raise CycleError(f"{period} is already closed; use `incentive cycle show {period}`")
+    return compute_cycle(book, state, period, "preview")
+
+
+def _check_order(state: LedgerState, period: str) -> None:
+    last = state.last_closed_period()
+    if last is not None and period < last and period not in state.cycles:
+        raise CycleError(f"cannot close {period}: cycles close in order and {last} is already closed")
+
+
+def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
+    """Evaluate and record the cycle atomically: its plans (when first used) and the cycle in one transaction."""
+    check_period(period)
+    with ledger.writer() as w:
+        state = project(w.read())
+        if period in state.cycles:
+            return stored_cycle(ledger, state, period, "already_closed")
+        _check_order(state, period)
+        result = compute_cycle(book, state, period, "closed")
+
+        by_hash = book.by_hash()
+        events: list[Event] = []
+        for h in sorted(result.plans):
+            if h not in state.plans:
+                p = by_hash[h]
+                events.append(
+                    PlanRegistered(
+                        type="plan.registered",
+                        effective=period_end(period),
+                        plan_id=p.plan_id,
+                        version=p.version,
+                        content_hash=h,
+                        filename=Path(p.filename).name,
+                        text=p.text,
+                    )
+                )
+        events.append(cycle_event(result, state.position))
+        w.append(events, expected_versions={f"cycle:{period}": 0})
+    return result
+
+
+def stored_cycle(ledger: Ledger, state: LedgerState, period: str, status: str = "closed") -> CycleResult:
+    """What a closed cycle issued (its stored lines and totals) with its evaluations recomputed from the
+    ledger prefix it saw and the plan versions it used."""
+    cycle = state.cycles.get(check_period(period))
+    if cycle is None:
+        raise CycleError(f"{period} is not closed")
+    recomputed = reproduce_cycle(ledger, state, period)
+    return CycleResult(
+        period,
+        cycle.as_of,
+        status,
+        lines_from_json(cycle.lines),
+        recomputed.evaluations,
+        totals_from_json(cycle.totals),
+        dict(cycle.plans),
+    )
+
+
+def registered_book(state: LedgerState, hashes: dict[str, str]) -> PlanBook:
+    missing = [h for h in hashes if h not in state.plans]
+    if missing:
+        raise CycleError(f"plan versions {', '.join(missing)} are not registered in the ledger")
+    return book_from_registered({h: (state.plans[h].filename, state.plans[h].text) for h in hashes})
+
+
+def reproduce_cycle(ledger: Ledger, state: LedgerState, period: str) -> CycleResult:
+    """Recompute a closed cycle from the ledger as it stood at its close, with the plans it used."""
+    cycle = state.cycles[period]
+    prefix = load_state(ledger, upto=cycle.ledger_position)
+    return compute_cycle(registered_book(state, cycle.plans), prefix, period, "reproduced")
+
+
+def raise_input(results: list[IngestResult]) -> None:
+    problems = [p for r in results for p in r.problems]
+    if problems:
+        raise InputError(problems)
