@@ -46,6 +46,7 @@ class Sim:
         self.projector = Projector()
         self.position = 0
         self.versions: dict[str, int] = {}
+        self.history: list[Recorded] = []
 
     @property
     def state(self):
@@ -56,7 +57,9 @@ class Sim:
             self.position += 1
             stream = stream_of(e)
             self.versions[stream] = self.versions.get(stream, 0) + 1
-            self.projector.apply(Recorded(self.position, f"t{self.position:08d}", stream, self.versions[stream], e))
+            rec = Recorded(self.position, f"t{self.position:08d}", stream, self.versions[stream], e)
+            self.history.append(rec)
+            self.projector.apply(rec)
 
     def ingest(self, text: str) -> None:
         evs = events(text)
