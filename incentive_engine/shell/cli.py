@@ -187,6 +187,140 @@ def audit_replay(
         )
 
 
+@audit_app.command("reproduce")
+def audit_reproduce(
+    ctx: typer.Context,
+    period: Annotated[str | None, typer.Argument(help="a closed period YYYY-MM")] = None,
+    all_: Annotated[bool, typer.Option("--all", help="reproduce every closed cycle")] = False,
+) -> None:
+    """Recompute closed cycles from the ledger as it stood at their close; exit 1 on any difference."""
+    from . import audit
+
+    s = _settings(ctx)
+    s.ledger.check_schema()
+    state = service.load_state(s.ledger)
+    if all_ == (period is not None):
+        raise typer.BadParameter("give either a PERIOD or --all")
+    periods = sorted(state.cycles) if all_ else [period]
+    failed = []
+    with _progress() as bar:
+        task = bar.add_task("reproducing cycles", total=len(periods))
+        for p in periods:
+            r = audit.reproduce(s.ledger, state, p)  # type: ignore[arg-type]
+            bar.advance(task)
+            if not r.identical:
+                failed.append(r)
+    for r in failed:
+        render.err.print(f"{r.period}: differs from what was issued:", highlight=False)
+        for d in r.differences:
+            render.err.print(f"  {d}", highlight=False, markup=False)
+    if failed:
+        raise EngineError(f"{len(failed)} of {len(periods)} closed cycles do not reproduce")
+    render.out.print(f"OK: {len(periods)} closed cycle(s) reproduce exactly.")
+
+
+@audit_app.command("export")
+def audit_export(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="directory for ledger.jsonl and ledger.digest")] = Path(
+        "audit-export"
+    ),
+) -> None:
+    """Write the ledger as canonical JSON Lines with each event's hash, and a digest file."""
+    from . import audit
+
+    s = _settings(ctx)
+    s.ledger.check_schema()
+    path, digest = audit.export(s.ledger, out)
+    render.out.print(f"Wrote {path} and {digest}")
+
+
+@app.command()
+def explain(
+    ctx: typer.Context,
+    period: str,
+    rep_id: str,
+    obligation: Annotated[str | None, typer.Option("--obligation", help="only this obligation id")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Each line and evaluation of the rep in that cycle with its facts, factors and rule."""
+    from . import audit
+
+    s = _settings(ctx)
+    s.ledger.check_schema()
+    state = service.load_state(s.ledger)
+    book = s.book() if service.check_period(period) not in state.cycles else None
+    result = audit.explain(s.ledger, book, state, period, rep_id, obligation)  # type: ignore[arg-type]
+    if fmt is Format.json:
+        render.print_json(result)
+    else:
+        render.explain_table(result)
+
+
+class StatementFormat(StrEnum):
+    table = "table"
+    json = "json"
+    csv = "csv"
+    html = "html"
+
+
+@app.command()
+def statement(
+    ctx: typer.Context,
+    rep_id: Annotated[str | None, typer.Argument(help="the rep (or --all)")] = None,
+    through: Annotated[str | None, typer.Option("--through", help="last period (default: the last closed)")] = None,
+    fmt: Annotated[StatementFormat, typer.Option("--format")] = StatementFormat.table,
+    all_: Annotated[bool, typer.Option("--all", help="every rep's statement, into --out")] = False,
+    out: Annotated[Path | None, typer.Option("--out", help="directory (with --all) or file to write")] = None,
+) -> None:
+    """A rep's statement: paid, deferred to come, held, forfeited, carried balance, and an estimate."""
+    from . import statements
+
+    s = _settings(ctx)
+    s.ledger.check_schema()
+    if all_ == (rep_id is not None):
+        raise typer.BadParameter("give either a REP_ID or --all")
+    if all_ and out is None:
+        raise typer.BadParameter("--all needs --out DIR")
+    state = service.load_state(s.ledger)
+    book = s.book()
+    if all_:
+        written = statements.write_all(book, state, through, out, fmt.value)  # type: ignore[arg-type]
+        render.out.print(f"Wrote {len(written)} statements to {out}")
+        return
+    text = statements.render_one(book, state, rep_id, through, fmt.value)  # type: ignore[arg-type]
+    if text is None:
+        return
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+        render.out.print(f"Wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
+@cycle_app.command("export")
+def cycle_export(
+    ctx: typer.Context,
+    period: str,
+    fmt: Annotated[str, typer.Option("--format", help="csv")] = "csv",
+    out: Annotated[Path | None, typer.Option("--out", help="file to write (default: stdout)")] = None,
+) -> None:
+    """Payroll export of a closed cycle: one row per rep and currency with the payable amount."""
+    from . import statements
+
+    if fmt != "csv":
+        raise typer.BadParameter("only --format csv is supported")
+    s = _settings(ctx)
+    s.ledger.check_schema()
+    state = service.load_state(s.ledger)
+    text = statements.payroll_csv(state, service.check_period(period))
+    if out is not None:
+        out.write_text(text, encoding="utf-8")
+        render.out.print(f"Wrote {out}")
+    else:
+        sys.stdout.write(text)
+
+
 def _utc(text: str | None) -> str | None:
     """An ISO time as the ledger writes recorded_at (UTC, microseconds, Z)."""
     if text is None:
@@ -216,12 +350,14 @@ def main() -> None:
     except EngineError as exc:
         render.err.print(f"error: {exc}", highlight=False, markup=False)
         sys.exit(1)
-    except Exception as exc:  # click usage errors and anything unexpected
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+    except typer.TyperException as exc:  # usage errors: click's own message, exit 2
+        show = getattr(exc, "show", None)
+        if show is not None:
+            show()
+        else:
+            render.err.print(f"error: {exc}", highlight=False, markup=False)
+        sys.exit(getattr(exc, "exit_code", 2))
+    except Exception as exc:  # anything unexpected: one line, no traceback (INCENTIVE_DEBUG=1 shows it)
         if os.environ.get("INCENTIVE_DEBUG"):
             raise
         render.err.print(f"internal error: {type(exc).__name__}: {exc}", highlight=False, markup=False)

@@ -64,3 +64,30 @@ def cycle_output(result: CycleResult, fmt: str) -> None:
         print_json(cycle_json(result))
     else:
         cycle_table(result)
+
+
+def explain_table(result: dict[str, Any]) -> None:
+    out.print(
+        f"[bold]{result['rep_id']} in {result['period']}[/bold] ({result['status']}, ledger position "
+        f"{result['ledger_position']})"
+    )
+    if not result["items"]:
+        out.print("No lines, held or forfeited obligations.")
+    for item in result["items"]:
+        line = item.get("line")
+        head = f"[bold]{item['obligation']}[/bold] due {item['due']}: {item['status']} ({item['reason']})"
+        head += f", rule {item['rule']}"
+        out.print(head)
+        out.print(
+            f"  earned {item['earned']} of base {item['base']}; paid to date {item['paid_to_date']}", highlight=False
+        )
+        if line:
+            out.print(f"  line: {line['kind']} {line['amount']} {line['currency']}", highlight=False)
+        if item["factors"]:
+            out.print("  factors: " + ", ".join(f"{k} {v}" for k, v in item["factors"].items()), highlight=False)
+        if item["computation"]:
+            out.print(f"  how: {item['computation']}", highlight=False, markup=False)
+        for f in item["facts"]:
+            out.print(f"  fact: {f['text']}", highlight=False, markup=False)
+        for c in item.get("changed_by", []):
+            out.print(f"  changed by: {c}", highlight=False, markup=False)
