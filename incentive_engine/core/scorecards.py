@@ -26,17 +26,19 @@ Composite
     no composite stays without one even when vetoed (there is nothing to publish).
 
 Reporting currency (currencies never mix)
-    Money-based KPIs use one currency per holder and year: the currency of the holder's latest target for
-    Y; else (managers/directors) the currency of the team members' targets for Y if they all share one;
-    else the single currency of all contracts the team ever sold or owned; else none (money KPIs then have
-    no value). Contracts in other currencies are left out of money KPIs. For a single-currency rep this is
-    simply "all of the rep's contracts".
+    Money-based KPIs use one currency per holder and year: the currency of the holder's (team) target for
+    Y (see ``team_target``) if it has exactly one; else, with no target at all, the single currency of all
+    contracts the team ever sold or owned; else none (money KPIs then have no value). Contracts in other
+    currencies are left out of money KPIs. For a single-currency rep this is simply "all of the rep's
+    contracts".
 
 Derived KPIs (for a rep R; ``T`` = the team, ``{R}`` for role ``rep``; Y = the calendar year)
     revenue_attainment   sum of ACV0 of contracts signed in Y by T (seller) in the target's currency /
-                         the holder's latest target for Y (no target -> no value). Managers/directors
-                         without an own target: team ACV0 signed / sum of the team members' latest
-                         targets for Y, if those share one currency (else no value).
+                         the holder's latest target for Y (no target -> no value). Managers/directors: the
+                         target is their own latest target for Y if set, else the sum of their direct
+                         reports' targets found the same way, recursively (a director's managers' targets
+                         where they have one, else those managers' reps' - never both); a team target in
+                         several currencies -> no value.
     renewal_rate         terms whose scheduled end E falls in Y, of contracts owned by T on E and not
                          churned before Jan 1 of Y: the share renewed (a renewal effective after the term's
                          start and <= E + 90 days). Terms: [signed, term_end(signed, term_months)], then one
@@ -84,10 +86,11 @@ Weights: ``core.weights`` (fixed, AHP, entropy over the year's holders of the sa
 
 from __future__ import annotations
 
+import decimal
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, timedelta
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from math import floor
 from typing import Annotated, Any, Literal
@@ -100,6 +103,9 @@ from .projections import Contract, LedgerState
 from .weights import ahp, check_consistency, combine, entropy_weights, fixed_weights, parse_ratio
 
 # --- numbers -------------------------------------------------------------------------------------
+
+_CTX = decimal.Context(prec=40, rounding=ROUND_HALF_UP)
+_WIDE = decimal.Context(prec=80, rounding=ROUND_HALF_UP)  # for display rounding: never cuts digits
 
 
 def to_decimal(value: object) -> Decimal:
@@ -140,15 +146,15 @@ def _round_half_up(value: Fraction, places: int) -> Decimal:
     units = floor(scaled + Fraction(1, 2))
     if value < 0:
         units = -units
-    return Decimal(units).scaleb(-places)
+    return Decimal(units).scaleb(-places, context=_WIDE)
 
 
 def _display(value: Fraction, places: int) -> Decimal:
     """Rounded half-up, trailing zeros dropped, never in exponent form: 1.2, 150, 0.571429."""
-    d = _round_half_up(value, places).normalize()
+    d = _round_half_up(value, places).normalize(context=_WIDE)
     if d == 0:
         return Decimal(0)
-    sign, digits, exp = d.as_tuple()
+    exp = d.as_tuple().exponent
     if isinstance(exp, int) and exp > 0:
         d = d.quantize(Decimal(1))
     return d
@@ -156,10 +162,7 @@ def _display(value: Fraction, places: int) -> Decimal:
 
 def _to_decimal_exact(value: Fraction) -> Decimal:
     """A rational as Decimal: exact when it terminates within 40 digits, else 40 significant digits."""
-    import decimal
-
-    ctx = decimal.Context(prec=40, rounding=decimal.ROUND_HALF_UP)
-    return ctx.divide(Decimal(value.numerator), Decimal(value.denominator))
+    return _CTX.divide(Decimal(value.numerator), Decimal(value.denominator))
 
 
 # --- the plan file's scorecard section ---------------------------------------------------------
@@ -196,12 +199,14 @@ class KpiSpec(BaseModel):
 def _check_curve(threshold: Decimal, target: Decimal, stretch: Decimal, direction: str, name: str = "KPI") -> None:
     if direction == "higher":
         if not threshold < target < stretch:
-            raise ValueError(f"{name}: higher is better needs threshold < target < stretch, "
-                             f"got {threshold}, {target}, {stretch}")
+            raise ValueError(
+                f"{name}: higher is better needs threshold < target < stretch, got {threshold}, {target}, {stretch}"
+            )
     elif direction == "lower":
         if not threshold > target > stretch:
-            raise ValueError(f"{name}: lower is better needs threshold > target > stretch, "
-                             f"got {threshold}, {target}, {stretch}")
+            raise ValueError(
+                f"{name}: lower is better needs threshold > target > stretch, got {threshold}, {target}, {stretch}"
+            )
     else:
         raise ValueError(f"{name}: direction must be 'higher' or 'lower', got {direction!r}")
 
@@ -291,8 +296,10 @@ class RoleScorecardSpec(BaseModel):
         for m in methods:
             if m.method == "ahp":
                 if len(m.matrix) != len(self.kpis):
-                    raise ValueError(f"AHP matrix is {len(m.matrix)}x{len(m.matrix)} but the role has "
-                                     f"{len(self.kpis)} KPIs (rows and columns follow the kpis order)")
+                    raise ValueError(
+                        f"AHP matrix is {len(m.matrix)}x{len(m.matrix)} but the role has "
+                        f"{len(self.kpis)} KPIs (rows and columns follow the kpis order)"
+                    )
                 check_consistency(ahp(m.matrix))  # raises AhpConsistencyError("AHP consistency ratio ...")
         return self
 
@@ -357,7 +364,7 @@ scorecards:
         - {name: renewal_rate, perspective: customer, source: derived, direction: higher, threshold: 0.70, target: 0.85, stretch: 0.95}
         - {name: customer_concentration, perspective: process, source: derived, direction: lower, threshold: 0.40, target: 0.25, stretch: 0.15}
         - {name: employee_engagement, perspective: learning, source: measured, direction: higher, threshold: 60, target: 70, stretch: 80}
-"""
+"""  # noqa: E501  (the YAML is kept in the plan file's own layout)
 
 
 # --- scoring --------------------------------------------------------------------------------------
@@ -400,3 +407,439 @@ def _check_curve_frac(t: Fraction, g: Fraction, s: Fraction, direction: str) -> 
     if not ok:
         order = "threshold < target < stretch" if direction == "higher" else "threshold > target > stretch"
         raise ValueError(f"{direction} is better needs {order}")
+
+
+# --- derived KPIs ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """Whose scorecard, for which year, over which people, in which currency."""
+
+    state: LedgerState
+    holder: str
+    role: str
+    year: int
+    members: frozenset[str]  # the holder and everyone below (just the holder for role "rep")
+    below: tuple[str, ...]  # everyone below the holder, sorted
+    targets: Mapping[str, Fraction]  # the (team) target for Y by currency, see team_target
+    currency: str | None  # the reporting currency for money KPIs
+
+    @property
+    def jan1(self) -> date:
+        return date(self.year, 1, 1)
+
+    @property
+    def dec31(self) -> date:
+        return date(self.year, 12, 31)
+
+
+def _reports(state: LedgerState, year: int) -> dict[str, list[str]]:
+    """Direct reports by manager_id, of people hired on or before Dec 31 of Y."""
+    dec31 = date(year, 12, 31)
+    children: dict[str, list[str]] = {}
+    for r in sorted(state.reps.values(), key=lambda r: r.rep_id):
+        if r.manager_id is not None and r.hired <= dec31:
+            children.setdefault(r.manager_id, []).append(r.rep_id)
+    return children
+
+
+def team_of(state: LedgerState, holder: str, year: int) -> tuple[str, ...]:
+    """Everyone below ``holder`` through ``manager_id``, transitively, hired on or before Dec 31 of Y."""
+    children = _reports(state, year)
+    seen: set[str] = {holder}
+    stack = [holder]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            if child not in seen:
+                seen.add(child)
+                stack.append(child)
+    seen.discard(holder)
+    return tuple(sorted(seen))
+
+
+def team_target(state: LedgerState, holder: str, year: int, role: str = "rep") -> dict[str, Fraction]:
+    """The target for Y by currency: the holder's own latest target if set; else (managers, directors) the sum
+    of their direct reports' team targets, recursively. So a director's target is the managers' targets
+    where managers have one, else their reps' - never both (no double counting)."""
+    children = {} if role == "rep" else _reports(state, year)
+    seen = {holder}
+
+    def walk(person: str) -> dict[str, Fraction]:
+        own = state.latest_target(person, year)
+        if own is not None:
+            return {own.currency: Fraction(own.amount)}
+        out: dict[str, Fraction] = {}
+        for child in children.get(person, ()):
+            if child in seen:
+                continue
+            seen.add(child)
+            for currency, amount in walk(child).items():
+                out[currency] = out.get(currency, Fraction(0)) + amount
+        return out
+
+    return walk(holder)
+
+
+def _make_scope(state: LedgerState, holder: str, role: str, year: int) -> _Scope:
+    below = () if role == "rep" else team_of(state, holder, year)
+    members = frozenset((holder, *below))
+    targets = team_target(state, holder, year, role)
+    if len(targets) == 1:
+        currency: str | None = next(iter(targets))
+    elif targets:
+        currency = None
+    else:
+        found = {
+            c.currency
+            for c in state.contracts.values()
+            if c.seller in members or any(f.value in members for f in c.reassignments)
+        }
+        currency = next(iter(found)) if len(found) == 1 else None
+    return _Scope(state, holder, role, year, members, below, targets, currency)
+
+
+def _contracts(scope: _Scope) -> list[Contract]:
+    return sorted(scope.state.contracts.values(), key=lambda c: c.contract_id)
+
+
+def _in_currency(scope: _Scope) -> list[Contract]:
+    return [c for c in _contracts(scope) if c.currency == scope.currency]
+
+
+def _active_on(c: Contract, d: date) -> bool:
+    """Signed on or before d, not churned by d, and d within a term (d <= term end on d)."""
+    return c.signed <= d and not c.churned_by(d) and d <= c.term_end_on(d)
+
+
+def _terms(c: Contract) -> list[tuple[date, date]]:
+    """[start, scheduled end] of the initial term and of each renewal's term."""
+    return [(c.signed, term_end(c.signed, c.term_months))] + [
+        (r.effective, term_end(r.effective, r.term_months)) for r in c.renewals
+    ]
+
+
+def _signed_sum(scope: _Scope, year: int, currency: str | None) -> Fraction:
+    return sum(
+        (
+            Fraction(c.acv0)
+            for c in _contracts(scope)
+            if c.seller in scope.members and c.signed.year == year and c.currency == currency
+        ),
+        Fraction(0),
+    )
+
+
+def kpi_revenue_attainment(scope: _Scope) -> Fraction | None:
+    if len(scope.targets) != 1:
+        return None  # no target, or a team target in several currencies
+    ((currency, amount),) = scope.targets.items()
+    return _signed_sum(scope, scope.year, currency) / amount
+
+
+def kpi_renewal_rate(scope: _Scope) -> Fraction | None:
+    due = renewed = 0
+    for c in _contracts(scope):
+        if c.churn is not None and c.churn.effective < scope.jan1:
+            continue
+        for start, end in _terms(c):
+            if end.year != scope.year or c.owner_on(end) not in scope.members:
+                continue
+            due += 1
+            limit = add_days(end, 90)
+            if any(start < r.effective <= limit for r in c.renewals):
+                renewed += 1
+    return Fraction(renewed, due) if due else None
+
+
+def kpi_upsell_rate(scope: _Scope) -> Fraction | None:
+    if scope.currency is None:
+        return None
+    base = Fraction(0)
+    upsell = Fraction(0)
+    for c in _in_currency(scope):
+        if _active_on(c, scope.jan1) and c.owner_on(scope.jan1) in scope.members:
+            base += Fraction(c.acv_on(scope.jan1))
+        for e in c.expansions:
+            if e.effective.year == scope.year and e.value > 0 and c.owner_on(e.effective) in scope.members:
+                upsell += Fraction(e.value)
+    return upsell / base if base else None
+
+
+def kpi_churn_rate(scope: _Scope) -> Fraction | None:
+    active = churned = 0
+    for c in _contracts(scope):
+        if _active_on(c, scope.jan1) and c.owner_on(scope.jan1) in scope.members:
+            active += 1
+        if (
+            c.churn is not None
+            and c.churn.effective.year == scope.year
+            and c.owner_on(c.churn.effective) in scope.members
+        ):
+            churned += 1
+    return Fraction(churned, active) if active else None
+
+
+def kpi_gross_margin_contribution(scope: _Scope) -> Fraction | None:
+    if scope.currency is None:
+        return None
+    return sum(
+        (
+            Fraction(c.acv0) * Fraction(c.gross_margin)
+            for c in _in_currency(scope)
+            if c.seller in scope.members and c.signed.year == scope.year and c.gross_margin is not None
+        ),
+        Fraction(0),
+    )
+
+
+def kpi_average_acv(scope: _Scope) -> Fraction | None:
+    if scope.currency is None:
+        return None
+    acvs = [Fraction(c.acv0) for c in _in_currency(scope) if c.seller in scope.members and c.signed.year == scope.year]
+    return sum(acvs, Fraction(0)) / len(acvs) if acvs else None
+
+
+def kpi_revenue_growth(scope: _Scope) -> Fraction | None:
+    if scope.currency is None:
+        return None
+    before = _signed_sum(scope, scope.year - 1, scope.currency)
+    if before == 0:
+        return None
+    return _signed_sum(scope, scope.year, scope.currency) / before - 1
+
+
+def kpi_clv(scope: _Scope) -> Fraction | None:
+    if scope.currency is None:
+        return None
+    per_account: dict[str, Fraction] = {}
+    for c in _in_currency(scope):
+        if c.signed > scope.dec31 or c.gross_margin is None or c.owner_on(scope.dec31) not in scope.members:
+            continue
+        ref = scope.dec31
+        if c.churn is not None and c.churn.effective <= scope.dec31:
+            ref = max(c.signed, c.churn.effective - timedelta(days=1))
+        months = c.term_months + sum(r.term_months for r in c.renewals if r.effective <= ref)
+        cost = sum((Fraction(f.value) for f in c.service_costs if f.effective <= scope.dec31), Fraction(0))
+        value = Fraction(c.acv_on(ref)) * Fraction(months, 12) * Fraction(c.gross_margin) - cost
+        per_account[c.account_id] = per_account.get(c.account_id, Fraction(0)) + value
+    if not per_account:
+        return None
+    return sum(per_account.values(), Fraction(0)) / len(per_account)
+
+
+def concentration(scope: _Scope) -> tuple[Fraction, str] | None:
+    """(largest account's share of the active ACV on Dec 31 of Y, that account) or None."""
+    if scope.currency is None:
+        return None
+    by_account: dict[str, Fraction] = {}
+    for c in _in_currency(scope):
+        if _active_on(c, scope.dec31) and c.owner_on(scope.dec31) in scope.members:
+            by_account[c.account_id] = by_account.get(c.account_id, Fraction(0)) + Fraction(c.acv_on(scope.dec31))
+    total = sum(by_account.values(), Fraction(0))
+    if total <= 0:
+        return None
+    account = min(by_account, key=lambda a: (-by_account[a], a))
+    return by_account[account] / total, account
+
+
+def kpi_customer_concentration(scope: _Scope) -> Fraction | None:
+    found = concentration(scope)
+    return None if found is None else found[0]
+
+
+DERIVED_KPIS: dict[str, Callable[[_Scope], Fraction | None]] = {
+    "revenue_attainment": kpi_revenue_attainment,
+    "renewal_rate": kpi_renewal_rate,
+    "upsell_rate": kpi_upsell_rate,
+    "churn_rate": kpi_churn_rate,
+    "gross_margin_contribution": kpi_gross_margin_contribution,
+    "average_acv": kpi_average_acv,
+    "revenue_growth": kpi_revenue_growth,
+    "clv": kpi_clv,
+    "customer_concentration": kpi_customer_concentration,
+}
+
+
+def _measured(scope: _Scope, name: str) -> Fraction | None:
+    st = scope.state
+    own = st.latest_kpi(scope.holder, scope.year, name)
+    if own is not None:
+        return Fraction(own.value)
+    values = [f.value for f in (st.latest_kpi(r, scope.year, name) for r in scope.below) if f is not None]
+    if not values:
+        return None
+    return sum((Fraction(v) for v in values), Fraction(0)) / len(values)
+
+
+def _kpi_value(kpi: KpiSpec, scope: _Scope) -> Fraction | None:
+    if kpi.source == "measured":
+        return _measured(scope, kpi.name)
+    return DERIVED_KPIS[kpi.name](scope)
+
+
+def kpi_values(
+    state: LedgerState, rep_id: str, year: int, kpis: Sequence[KpiSpec], role: str = "rep"
+) -> list[Decimal | None]:
+    """Each KPI's value for one holder (rounded to 6 decimals for display), in the order given."""
+    scope = _make_scope(state, rep_id, role, year)
+    return [None if v is None else _display(v, 6) for v in (_kpi_value(k, scope) for k in kpis)]
+
+
+# --- weights ------------------------------------------------------------------------------------------
+
+
+def role_weights(
+    role_spec: RoleScorecardSpec, values: Sequence[Sequence[Fraction | Decimal | None]]
+) -> tuple[Decimal, ...]:
+    """The role's weight vector (kpis order, sums to 1 up to rounding); ``values[holder][kpi]`` feeds entropy."""
+    kpis = role_spec.kpis
+
+    def vector(m: Any) -> tuple[Decimal, ...]:
+        if m.method == "fixed":
+            return fixed_weights([k.weight for k in kpis])
+        if m.method == "ahp":
+            return ahp(m.matrix).weights
+        dec_rows = [[None if v is None else _to_decimal_exact(_frac(v)) for v in row] for row in values]
+        return entropy_weights(dec_rows, [k.direction for k in kpis])
+
+    w = role_spec.weights
+    if isinstance(w, CombinedMethod):
+        return combine([(vector(m), m.share) for m in w.methods])
+    return vector(w)
+
+
+# --- scorecards -----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class KpiResult:
+    name: str
+    perspective: str
+    value: Decimal | None  # rounded half-up to 6 decimals for display
+    score: Decimal | None  # 0..150, rounded half-up to 4 decimals for display
+    weight: Decimal  # effective (renormalised over the KPIs with a value), 6 decimals; 0 if left out
+
+
+@dataclass(frozen=True)
+class RepScorecard:
+    rep_id: str
+    role: str
+    year: int
+    kpis: tuple[KpiResult, ...]
+    composite: Decimal | None  # 2 decimals, half-up; None = no scorecard (no KPI with a value)
+    vetoed: bool
+    warnings: tuple[str, ...]
+
+    def components(self) -> dict[str, Any]:
+        """JSON-ready (Decimals as strings) for the ``scorecard.published`` event's ``components``."""
+        return {
+            "role": self.role,
+            "vetoed": self.vetoed,
+            "warnings": list(self.warnings),
+            "kpis": [_kpi_json(k) for k in self.kpis],
+        }
+
+
+def _s(value: Decimal | None) -> str | None:
+    return None if value is None else format(value, "f")
+
+
+def _kpi_json(k: KpiResult) -> dict[str, Any]:
+    return {
+        "name": k.name,
+        "perspective": k.perspective,
+        "value": _s(k.value),
+        "score": _s(k.score),
+        "weight": _s(k.weight),
+    }
+
+
+def scorecard_json(cards: Iterable[RepScorecard]) -> list[dict[str, Any]]:
+    """JSON-ready rows for ``scorecard compute --format json``."""
+    return [
+        {
+            "rep_id": c.rep_id,
+            "role": c.role,
+            "year": c.year,
+            "composite": _s(c.composite),
+            "vetoed": c.vetoed,
+            "warnings": list(c.warnings),
+            "kpis": [_kpi_json(k) for k in c.kpis],
+        }
+        for c in cards
+    ]
+
+
+def composite_of(items: Sequence[tuple[Fraction | Decimal, Fraction | Decimal]]) -> Decimal | None:
+    """round_half_up(sum(w x score) / sum(w), 2) over (weight, score) pairs; None if the weights sum to 0."""
+    total = sum((_frac(w) for w, _ in items), Fraction(0))
+    if total <= 0:
+        return None
+    return _round_half_up(sum((_frac(w) * _frac(s) for w, s in items), Fraction(0)) / total, 2)
+
+
+def _card(
+    spec: ScorecardsSpec,
+    role_spec: RoleScorecardSpec,
+    scope: _Scope,
+    values: Sequence[Fraction | None],
+    weights: Sequence[Decimal],
+) -> RepScorecard:
+    scores: list[Fraction | None] = []
+    for k, v in zip(role_spec.kpis, values, strict=True):
+        scores.append(
+            None if v is None else _score_exact(v, _frac(k.threshold), _frac(k.target), _frac(k.stretch), k.direction)
+        )
+    present = [(Fraction(w), s) for w, s in zip(weights, scores, strict=True) if s is not None]
+    wsum = sum((w for w, _ in present), Fraction(0))
+    composite = composite_of(present)
+    results = tuple(
+        KpiResult(
+            name=k.name,
+            perspective=k.perspective,
+            value=None if v is None else _display(v, 6),
+            score=None if s is None else _display(s, 4),
+            weight=_display(Fraction(w) / wsum, 6) if s is not None and wsum > 0 else Decimal(0),
+        )
+        for k, v, s, w in zip(role_spec.kpis, values, scores, weights, strict=True)
+    )
+    warnings: list[str] = []
+    vetoes = sorted(
+        (v for v in scope.state.violations_of(scope.holder) if v.severity == "veto" and v.effective.year == scope.year),
+        key=lambda v: (v.effective, v.position),
+    )
+    vetoed = spec.veto_gate and bool(vetoes)
+    if vetoed:
+        if composite is not None:
+            composite = Decimal("0.00")
+        dates = ", ".join(sorted({v.effective.isoformat() for v in vetoes}))
+        effect = ": composite set to 0" if composite is not None else ""
+        warnings.append(f"compliance veto effective {dates}{effect}")
+    if spec.concentration_warning is not None:
+        found = concentration(scope)
+        if found is not None and found[0] > _frac(spec.concentration_warning):
+            share, account = found
+            pct = format(_display(share * 100, 2), "f")
+            limit = format(_display(_frac(spec.concentration_warning) * 100, 2), "f")
+            warnings.append(
+                f"customer concentration: account {account} holds {pct}% of the ACV active on "
+                f"{scope.dec31.isoformat()} (warning above {limit}%)"
+            )
+    return RepScorecard(scope.holder, scope.role, scope.year, results, composite, vetoed, tuple(warnings))
+
+
+def compute_scorecards(spec: ScorecardsSpec, state: LedgerState, year: int, role: str = "rep") -> list[RepScorecard]:
+    """Scorecards for every rep of ``role`` hired on or before Dec 31 of ``year``, sorted by rep_id.
+
+    Reps with no KPI value get ``composite=None`` (shown, never published).
+    """
+    role_spec = spec.roles.get(role)  # type: ignore[call-overload]
+    if role_spec is None:
+        raise ValueError(f"the plan has no scorecard for role {role!r} (it has: {', '.join(sorted(spec.roles))})")
+    dec31 = date(year, 12, 31)
+    holders = sorted(r.rep_id for r in state.reps.values() if r.role == role and r.hired <= dec31)
+    scopes = [_make_scope(state, h, role, year) for h in holders]
+    values = [[_kpi_value(k, sc) for k in role_spec.kpis] for sc in scopes]
+    weights = role_weights(role_spec, values)
+    return [_card(spec, role_spec, sc, vals, weights) for sc, vals in zip(scopes, values, strict=True)]

@@ -42,8 +42,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from functools import lru_cache
 
 # A fixed working context: results never depend on the caller's decimal context.
-_CTX = decimal.Context(prec=50, rounding=ROUND_HALF_UP, traps=[decimal.InvalidOperation, decimal.DivisionByZero,
-                                                               decimal.Overflow])
+_CTX = decimal.Context(
+    prec=50, rounding=ROUND_HALF_UP, traps=[decimal.InvalidOperation, decimal.DivisionByZero, decimal.Overflow]
+)
 WEIGHT_PLACES = 10
 _Q = Decimal(1).scaleb(-WEIGHT_PLACES)
 _CONVERGED = Decimal("1e-40")
@@ -52,8 +53,16 @@ _RECIPROCAL_TOLERANCE = Decimal("0.01")
 
 # Saaty's random consistency indices by matrix size.
 RANDOM_INDEX: dict[int, Decimal] = {
-    1: Decimal("0"), 2: Decimal("0"), 3: Decimal("0.58"), 4: Decimal("0.90"), 5: Decimal("1.12"),
-    6: Decimal("1.24"), 7: Decimal("1.32"), 8: Decimal("1.41"), 9: Decimal("1.45"), 10: Decimal("1.49"),
+    1: Decimal("0"),
+    2: Decimal("0"),
+    3: Decimal("0.58"),
+    4: Decimal("0.90"),
+    5: Decimal("1.12"),
+    6: Decimal("1.24"),
+    7: Decimal("1.32"),
+    8: Decimal("1.41"),
+    9: Decimal("1.45"),
+    10: Decimal("1.49"),
 }
 CR_LIMIT = Decimal("0.10")
 
@@ -128,9 +137,7 @@ def reciprocal_matrix(rows: Sequence[Sequence[object]]) -> tuple[tuple[Decimal, 
         for j in range(i + 1, n):
             product = _CTX.multiply(m[i][j], m[j][i])
             if abs(product - 1) > _RECIPROCAL_TOLERANCE:
-                raise ValueError(
-                    f"AHP matrix is not reciprocal: [{j + 1}][{i + 1}] = {m[j][i]} should be 1/{m[i][j]}"
-                )
+                raise ValueError(f"AHP matrix is not reciprocal: [{j + 1}][{i + 1}] = {m[j][i]} should be 1/{m[i][j]}")
             out[i][j] = m[i][j]
             out[j][i] = _CTX.divide(Decimal(1), m[i][j])
     return tuple(tuple(r) for r in out)
@@ -229,10 +236,7 @@ def entropy_divergence(column: Sequence[Decimal | None], direction: str) -> Deci
         return Decimal(0)
     lo, hi = xs[0], xs[-1]
     span = hi - lo
-    if direction == "higher":
-        norm = [_CTX.divide(x - lo, span) for x in xs]
-    else:
-        norm = [_CTX.divide(hi - x, span) for x in xs]
+    norm = [_CTX.divide(x - lo if direction == "higher" else hi - x, span) for x in xs]
     norm.sort()
     total = _sum(norm)
     plnp = []

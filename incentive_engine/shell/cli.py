@@ -28,7 +28,9 @@ app = typer.Typer(
 cycle_app = typer.Typer(no_args_is_help=True, help="Preview, close and show monthly payout cycles.")
 audit_app = typer.Typer(no_args_is_help=True, help="Verify, replay and reproduce the ledger.")
 app.add_typer(cycle_app, name="cycle")
+scorecard_app = typer.Typer(no_args_is_help=True, help="Compute and publish yearly KPI scorecards.")
 app.add_typer(audit_app, name="audit")
+app.add_typer(scorecard_app, name="scorecard")
 
 
 class Format(StrEnum):
@@ -319,6 +321,53 @@ def cycle_export(
         render.out.print(f"Wrote {out}")
     else:
         sys.stdout.write(text)
+
+
+class Role(StrEnum):
+    rep = "rep"
+    manager = "manager"
+    director = "director"
+
+
+@scorecard_app.command("compute")
+def scorecard_compute(
+    ctx: typer.Context,
+    year: int,
+    role: Annotated[Role | None, typer.Option("--role", help="only this role's scorecards")] = None,
+    fmt: FormatOpt = Format.table,
+) -> None:
+    """Each person's KPI values, scores, weights and composite for YEAR."""
+    from ..core.scorecards import scorecard_json
+    from . import scorecard_service
+
+    s = _settings(ctx)
+    s.ledger.check_schema()
+    cards = scorecard_service.compute(s.ledger, s.book(), year, role.value if role else None)
+    if fmt is Format.json:
+        render.print_json(scorecard_json(cards))
+    else:
+        render.scorecard_table(cards, year)
+
+
+@scorecard_app.command("publish")
+def scorecard_publish(
+    ctx: typer.Context,
+    year: int,
+    effective: Annotated[str | None, typer.Option("--effective", help="YYYY-MM-DD (default: Jan 1 of YEAR+1)")] = None,
+) -> None:
+    """Append one scorecard.published per person with a KPI value; the payout cycle reads it."""
+    from datetime import date
+
+    from . import scorecard_service
+
+    s = _settings(ctx)
+    s.ledger.check_schema()
+    try:
+        day = date.fromisoformat(effective) if effective else None
+    except ValueError:
+        raise typer.BadParameter(f"--effective: not a date YYYY-MM-DD: {effective}") from None
+    published, unchanged = scorecard_service.publish(s.ledger, s.book(), year, day)
+    render.out.print(f"Published {published} scorecard(s) for {year}; {unchanged} unchanged.")
 
 
 def _utc(text: str | None) -> str | None:

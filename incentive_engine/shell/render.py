@@ -91,3 +91,39 @@ def explain_table(result: dict[str, Any]) -> None:
             out.print(f"  fact: {f['text']}", highlight=False, markup=False)
         for c in item.get("changed_by", []):
             out.print(f"  changed by: {c}", highlight=False, markup=False)
+
+
+def scorecard_table(cards: list, year: int) -> None:  # list[RepScorecard]
+    """One row per person: each KPI as value -> score (weight); warnings listed under the table."""
+    names: list[str] = []
+    for c in cards:
+        for k in c.kpis:
+            if k.name not in names:
+                names.append(k.name)
+    t = Table(title=f"Scorecards {year} (each KPI: value -> score, weight)")
+    t.add_column("person", no_wrap=True)
+    t.add_column("role", no_wrap=True)
+    for n in names:
+        t.add_column(n.replace("_", " "), justify="right")
+    t.add_column("composite", justify="right", no_wrap=True)
+    notes: list[str] = []
+    for c in cards:
+        cells = []
+        by = {k.name: k for k in c.kpis}
+        for n in names:
+            k = by.get(n)
+            if k is None or k.value is None:
+                cells.append("-")
+            else:
+                cells.append(f"{_short(k.value)} -> {_short(k.score)}, {_short(k.weight)}")
+        composite = "-" if c.composite is None else f"{c.composite:.2f}"
+        t.add_row(c.rep_id, c.role, *cells, composite + (" VETO" if c.vetoed else ""))
+        notes += [f"{c.rep_id}: {w}" for w in c.warnings]
+    out.print(t)
+    for n in notes:
+        out.print(f"warning - {n}", highlight=False, markup=False)
+
+
+def _short(value: Any) -> str:
+    text = f"{value.normalize():f}"
+    return text if len(text) <= 8 else f"{value:.4f}"
