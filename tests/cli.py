@@ -44,7 +44,7 @@ def incentive(*args: str, db: str, in_process: bool = True, cwd: Path | None = N
     return Run(code, out.getvalue(), err.getvalue())
 
 
-def ok(*args: str, db: str, **kw) -> str:  # noqa: ANN003
+def ok(*args: str, db: str, **kw) -> str:
     r = incentive(*args, db=db, **kw)
     assert r.code == 0, f"incentive {' '.join(args)} -> {r.code}\n{r.out}\n{r.err}"
     return r.out
