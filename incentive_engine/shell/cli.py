@@ -370,6 +370,40 @@ def scorecard_publish(
     render.out.print(f"Published {published} scorecard(s) for {year}; {unchanged} unchanged.")
 
 
+@app.command()
+def demo(
+    ctx: typer.Context,
+    directory: Annotated[Path, typer.Option("--dir", help="where the demo writes its ledger and files")] = Path(
+        "demo-output"
+    ),
+    seed: Annotated[int, typer.Option("--seed", help="same seed, same ledger, same cents")] = 7,
+    reps: Annotated[int, typer.Option("--reps", help="people in the org")] = 40,
+    contracts: Annotated[int, typer.Option("--contracts", help="contracts over the five years")] = 420,
+) -> None:
+    """Build a realistic five-year sample ledger and run it end to end (SQLite in --dir)."""
+    from . import demo as demo_run
+
+    s = _settings(ctx)
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def tick(what: str, done: int, total: int) -> None:
+            if what not in tasks:
+                tasks[what] = bar.add_task(what, total=total)
+            bar.update(tasks[what], completed=done)
+
+        report = demo_run.run_demo(
+            directory,
+            seed,
+            s.book(),
+            reps=reps,
+            contracts=contracts,
+            step=lambda m: bar.console.print(m, highlight=False),
+            on_progress=tick,
+        )
+    render.demo_summary(report)
+
+
 def _utc(text: str | None) -> str | None:
     """An ISO time as the ledger writes recorded_at (UTC, microseconds, Z)."""
     if text is None:

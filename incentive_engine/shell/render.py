@@ -127,3 +127,29 @@ def scorecard_table(cards: list, year: int) -> None:  # list[RepScorecard]
 def _short(value: Any) -> str:
     text = f"{value.normalize():f}"
     return text if len(text) <= 8 else f"{value:.4f}"
+
+
+def demo_summary(report: Any) -> None:  # demo.DemoReport
+    t = Table(title="Five years of payouts (per year and currency)")
+    cols = ("paid", "clawed_back", "held", "forfeited", "deferred_to_come", "carried_balances")
+    t.add_column("year")
+    t.add_column("cur")
+    for c in cols:
+        t.add_column(c.replace("_", " "), justify="right")
+    for row in report.summary:
+        t.add_row(str(row["year"]), row["currency"], *(f"{row[c]:,.2f}" for c in cols))
+    out.print(t)
+    out.print(
+        "held, forfeited and deferred to come are base amounts as of each year's December close; carried balances "
+        "are what reps still owe back from clawbacks.",
+        highlight=False,
+    )
+    out.print(
+        f"Ledger: {report.db_url} ({report.events} events, {report.cycles} closed cycles, "
+        f"{report.reproduced} reproduced exactly)",
+        highlight=False,
+    )
+    out.print(f"Statements: {report.directory / 'statements'} ({len(report.statements)} files), e.g.", highlight=False)
+    for p in report.statements[:3]:
+        out.print(f"  {p}", highlight=False)
+    out.print(f"CRM exports: {report.directory / 'crm'}", highlight=False)

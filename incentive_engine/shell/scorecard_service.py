@@ -10,7 +10,7 @@ from ..core.plan import PlanBook
 from ..core.projections import LedgerState
 from ..core.scorecards import RepScorecard, compute_scorecards
 from ..errors import PlanError
-from .service import load_state
+from .service import current_state, load_state
 from .store import Ledger
 
 ROLES = ("rep", "manager", "director")
@@ -34,9 +34,7 @@ def publish(ledger: Ledger, book: PlanBook, year: int, effective: date | None = 
     Returns (published, unchanged)."""
     effective = effective or date(year + 1, 1, 1)
     with ledger.writer() as w:
-        from ..core.projections import project
-
-        state = project(w.read())
+        state = current_state(ledger, w)
         events = []
         unchanged = 0
         for card in scorecards_for(book, state, year, ROLES):

@@ -14,19 +14,65 @@ from ..core.cycles import CycleResult, compute_cycle, cycle_event, lines_from_js
 from ..core.dates import parse_period, period_end
 from ..core.events import Event, PlanRegistered, to_payload
 from ..core.plan import PlanBook
-from ..core.projections import LedgerState, project
+from ..core.projections import LedgerState, Projector, project
 from ..core.reading import read_events
 from ..core.validation import check_batch
 from ..errors import CycleError, InputError, Problem
 from .plans import book_from_registered
-from .store import Ledger
+from .store import Ledger, Writer
 
 Progress = Callable[[int], None]
 
 
 def load_state(ledger: Ledger, upto: int | None = None, recorded_upto: str | None = None) -> LedgerState:
-    """Replay: fold the ledger (or its prefix) into state."""
+    """Replay: fold the ledger (or its prefix) into state. The whole ledger comes from the incremental
+    projection (below); a prefix is always folded from position 0."""
+    if upto is None and recorded_upto is None:
+        return current_state(ledger)
     return project(ledger.read(upto=upto, recorded_upto=recorded_upto))
+
+
+@dataclass
+class _Projection:
+    position: int
+    hash: str
+    projector: Projector
+
+
+_PROJECTIONS: dict[str, _Projection] = {}
+
+
+def current_state(ledger: Ledger, writer: Writer | None = None) -> LedgerState:
+    """The state of the whole ledger, kept incrementally within this process: only events after the last
+    projected position are folded in, after checking that the row at that position still carries the hash
+    it had (else the projection is rebuilt from position 0). The result is the same fold as ``project``
+    over every event (a property test checks it); it is valid until the next write."""
+    source = writer if writer is not None else ledger
+    cached = _PROJECTIONS.get(ledger.url)
+    if cached is None or not _still_there(ledger, cached):
+        cached = _Projection(0, "", Projector())
+    for rec in source.read(after=cached.position):
+        cached.projector.apply(rec)
+    state = cached.projector.state
+    if state.position != cached.position:
+        cached.position = state.position
+        cached.hash = _hash_at(ledger, state.position)
+    _PROJECTIONS[ledger.url] = cached
+    return state
+
+
+def _hash_at(ledger: Ledger, position: int) -> str:
+    for row in ledger.read_rows(after=position - 1, upto=position):
+        return str(row[9])
+    return ""
+
+
+def _still_there(ledger: Ledger, cached: _Projection) -> bool:
+    return cached.position == 0 or _hash_at(ledger, cached.position) == cached.hash
+
+
+def forget_projections() -> None:
+    _PROJECTIONS.clear()
 
 
 # --- ingest ---------------------------------------------------------------------------------------------
@@ -52,7 +98,7 @@ def ingest_file(ledger: Ledger, path: Path, progress: Progress | None = None) ->
     if problems:
         return IngestResult(source, problems=problems)
     with ledger.writer() as w:
-        state = project(w.read())
+        state = current_state(ledger, w)
         new, skipped, problems = _deduplicate(ledger, source, parsed)
         rejections = check_batch(state, [e for _, e in new])
         problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
@@ -156,7 +202,7 @@ def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
     """Evaluate and record the cycle atomically: its plans (when first used) and the cycle in one transaction."""
     check_period(period)
     with ledger.writer() as w:
-        state = project(w.read())
+        state = current_state(ledger, w)
         if period in state.cycles:
             return stored_cycle(ledger, state, period, "already_closed")
         _check_order(state, period)
