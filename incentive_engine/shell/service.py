@@ -95,17 +95,18 @@ def ingest_file(ledger: Ledger, path: Path, progress: Progress | None = None) ->
     except OSError as exc:
         return IngestResult(source, problems=[Problem(source, None, "(file)", f"cannot read: {exc.strerror}")])
     parsed, problems = read_events(source, data, progress)
-    if problems:
+    if not parsed:
         return IngestResult(source, problems=problems)
     with ledger.writer() as w:
         state = current_state(ledger, w)
-        new, skipped, problems = _deduplicate(ledger, source, parsed)
+        new, skipped, found = _deduplicate(ledger, source, parsed)
+        problems += found
+        # reference rules run on every line that parsed, even when others did not: every error is reported
         rejections = check_batch(state, [e for _, e in new])
         problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
         if problems:
             problems.sort(key=lambda p: p.line or 0)
-            raise_for = IngestResult(source, skipped=skipped, problems=problems)
-            raise _Abort(raise_for)
+            raise _Abort(IngestResult(source, skipped=skipped, problems=problems))
         recorded = w.append([e for _, e in new]) if new else []
     return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
 

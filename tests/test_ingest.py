@@ -1,0 +1,268 @@
+"""Ingest: every validation rule, all-or-nothing files, idempotent re-ingest, clear errors (both databases)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from incentive_engine.core.projections import project, state_digest
+from incentive_engine.shell import service
+from incentive_engine.shell.store import Ledger
+
+from .cli import incentive, ok
+from .ledgers import WORKED
+
+ERROR_LINE = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<field>[^:]+): (?P<reason>.+)$")
+
+HIRES = [
+    {"type": "rep.hired", "effective": "2025-12-01", "event_id": "h1", "rep_id": "R1", "name": "Li", "role": "rep"},
+    {"type": "rep.hired", "effective": "2025-12-01", "event_id": "h2", "rep_id": "R2", "name": "Chen", "role": "rep"},
+]
+
+
+def signed(cid: str, day: str = "2026-01-15", rep: str = "R1", **kw) -> dict:
+    row = {
+        "type": "contract.signed",
+        "effective": day,
+        "event_id": f"s-{cid}",
+        "contract_id": cid,
+        "account_id": "A" + cid,
+        "rep_id": rep,
+        "acv": "1000.00",
+        "currency": "CNY",
+        "term_months": 12,
+    }
+    return {**row, **kw}
+
+
+def write(path: Path, rows: list) -> Path:
+    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def head(url: str) -> tuple[int, str]:
+    led = Ledger(url)
+    try:
+        return led.head()
+    finally:
+        led.dispose()
+
+
+@pytest.fixture
+def db(ledger_url: str) -> str:
+    ok("init", db=ledger_url)
+    return ledger_url
+
+
+def test_a_valid_file_is_appended_and_re_ingest_adds_nothing(db, tmp_path):
+    f = tmp_path / "facts.jsonl"
+    write(
+        f,
+        [
+            *HIRES,
+            signed("C1"),
+            {"type": "service.cost", "effective": "2026-03-01", "contract_id": "C1", "amount": "10.00"},
+        ],
+    )
+    assert "4 appended, 0 already in the ledger" in ok("ingest", str(f), db=db)
+    before = head(db)
+    assert "0 appended, 4 already in the ledger" in ok("ingest", str(f), db=db)
+    assert head(db) == before
+
+
+def test_event_id_reused_with_different_content_is_an_error(db, tmp_path):
+    ok("ingest", str(write(tmp_path / "a.jsonl", HIRES)), db=db)
+    changed = dict(HIRES[0], name="Someone else")
+    r = incentive("ingest", str(write(tmp_path / "b.jsonl", [changed])), db=db)
+    assert r.code == 1
+    assert "b.jsonl:1: event_id: 'h1' is already in the ledger with different content" in r.err
+
+
+def test_every_error_of_a_rejected_file_is_reported_and_nothing_is_appended(db, tmp_path):
+    ok("ingest", str(write(tmp_path / "hires.jsonl", HIRES)), db=db)
+    before = head(db)
+    rows = [
+        signed("C1"),
+        "{not json",
+        {"type": "contract.signed", "effective": "2026-02-30", "contract_id": "C2"},
+        {"type": "made.up", "effective": "2026-01-01"},
+        signed("C3", acv="12.345"),
+        signed("C4", currency="XXY"),
+        signed("C5", rep="R9"),
+        {"type": "contract.renewed", "effective": "2026-01-10", "contract_id": "C1", "acv": "5.00", "term_months": 12},
+        {"type": "contract.expanded", "effective": "2026-02-01", "contract_id": "C1", "acv_delta": "-1000.00"},
+        {"type": "contract.churned", "effective": "2026-03-01", "contract_id": "C1"},
+        {"type": "service.cost", "effective": "2026-04-01", "contract_id": "C1", "amount": "1.00"},
+        signed("C1", event_id="another-id"),
+        {"type": "cycle.closed", "effective": "2026-01-31"},
+        {"type": "kpi.measured", "effective": "2026-12-31", "rep_id": "R1", "year": 2026, "kpi": "csat", "value": 7},
+    ]
+    r = incentive("ingest", str(write(tmp_path / "bad.jsonl", rows)), db=db)
+    assert r.code == 1
+    errors = [line for line in r.err.splitlines() if ERROR_LINE.match(line)]
+    by_line = {}
+    for e in errors:
+        m = ERROR_LINE.match(e)
+        assert m["file"].endswith("bad.jsonl")
+        by_line.setdefault(int(m["line"]), []).append((m["field"], m["reason"]))
+    assert by_line[2][0][0] == "(json)"
+    assert by_line[3][0] == ("effective", "not a calendar date: 2026-02-30")
+    assert by_line[4][0] == ("type", "unknown event type 'made.up'")
+    assert by_line[5][0][0] == "acv" and "more than 2 decimal digits" in by_line[5][0][1]
+    assert by_line[6][0][0] == "currency"
+    assert by_line[7][0] == ("rep_id", "unknown rep 'R9' (no rep.hired)")
+    assert by_line[8][0] == ("effective", "2026-01-10 is before contract 'C1' was signed on 2026-01-15")
+    assert by_line[9][0][0] == "acv_delta" and "would fall to 0.00" in by_line[9][0][1]
+    assert by_line[11][0] == ("contract_id", "contract 'C1' churned on 2026-03-01")
+    assert by_line[12][0] == ("contract_id", "contract 'C1' is already signed")
+    assert by_line[13][0] == ("type", "cycle.closed is written by the engine and cannot be ingested")
+    assert by_line[14][0][0] == "value" and "csat must lie in 1..5" in by_line[14][0][1]
+    assert head(db) == before
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        (b"", "(file): no events in the file"),
+        (b"\n\n  \n", "(file): no events in the file"),
+        (b"\xff\xfe\x00", "(file): not UTF-8 text"),
+        (
+            b'{"type": "rep.hired", "effective": "2026-01-01", "rep_id": "R1", "name": "A", "role": "rep", "x": 1e999}\n',
+            "x: unknown field",
+        ),
+        (
+            b'{"type":"target.set","effective":"2026-01-01","rep_id":"R1","year":2026,"amount":1e400,"currency":"CNY"}\n',
+            "amount: number too large",
+        ),
+        (
+            b'{"type":"target.set","effective":"2026-01-01","rep_id":"R1","year":2026,"amount":NaN,"currency":"CNY"}\n',
+            "NaN is not a number",
+        ),
+        (
+            b'{"type":"target.set","effective":"2026-01-01","rep_id":"R1","year":2026,"amount":"Infinity","currency":"CNY"}\n',
+            "amount: not a finite number",
+        ),
+        (
+            b'{"type":"rep.hired","effective":"2026-01-01","rep_id":"R1","name":"A","role":"rep","rep_id":"R2"}\n',
+            "duplicate key 'rep_id'",
+        ),
+        (
+            b'{"type":"rep.hired","effective":"2026-01-01","rep_id":"R1","name":"' + b"x" * 300 + b'","role":"rep"}\n',
+            "name: String should have at most 200 characters",
+        ),
+        (
+            b'{"type":"rep.terminated","effective":"2026-01-01","rep_id":"R1","leaver":"ugly"}\n',
+            "leaver: Input should be",
+        ),
+        (
+            b'{"type":"contract.signed","effective":"2026-01-01","contract_id":"C1","account_id":"A","rep_id":"R1",'
+            b'"acv":"5","currency":"CNY","term_months":121}\n',
+            "term_months: Input should be less than or equal to 120",
+        ),
+        (b'["not an object"]\n', "(json): each line must be a JSON object"),
+        (
+            b'{"type":"rep.hired","effective":"2026-01-01","rep_id":"R1","name":"A","role":"rep","region":7}\n',
+            "region:",
+        ),
+    ],
+)
+def test_malformed_input_gets_a_clear_error_and_changes_nothing(content, expected, tmp_path, fresh_db_urls):
+    db = fresh_db_urls("sqlite")
+    ok("init", db=db)
+    before = head(db)
+    f = tmp_path / "in.jsonl"
+    f.write_bytes(content)
+    r = incentive("ingest", str(f), db=db)
+    assert r.code == 1, r.out
+    assert expected in r.err, r.err
+    assert "Traceback" not in r.err
+    assert head(db) == before
+
+
+def test_bom_and_crlf_and_csv_are_read(db, tmp_path):
+    jsonl = tmp_path / "hires.jsonl"
+    jsonl.write_bytes(b"\xef\xbb\xbf" + b"\r\n".join(json.dumps(h).encode() for h in HIRES) + b"\r\n")
+    assert "2 appended" in ok("ingest", str(jsonl), db=db)
+    csv = tmp_path / "crm.csv"
+    csv.write_bytes(
+        b"\xef\xbb\xbftype,effective,event_id,contract_id,account_id,rep_id,acv,currency,term_months,amount\r\n"
+        b"contract.signed,2026-01-15,s1,C1,A1,R1,1200000.00,CNY,12,\r\n"
+        b"service.cost,2026-02-01,,C1,,,,,,500.00\r\n"
+    )
+    assert "2 appended" in ok("ingest", str(csv), db=db)
+    state = project(Ledger(db).read())
+    assert state.contracts["C1"].acv0 == 1200000 and state.contracts["C1"].service_costs[0].value == 500
+
+
+def test_unknown_extension_and_missing_file(db, tmp_path):
+    (tmp_path / "x.txt").write_text("hello")
+    r = incentive("ingest", str(tmp_path / "x.txt"), str(tmp_path / "missing.jsonl"), db=db)
+    assert r.code == 1
+    assert "x.txt: (file): unknown file type: use .jsonl or .csv" in r.err
+    assert "missing.jsonl: (file): cannot read" in r.err
+
+
+def test_uninitialised_database_is_a_clear_error(tmp_path):
+    r = incentive("ingest", str(WORKED / "01-facts.jsonl"), db=f"sqlite:///{tmp_path / 'none.db'}")
+    assert r.code == 1 and "run `incentive init`" in r.err
+
+
+@st.composite
+def file_with_a_bad_line(draw):
+    n = draw(st.integers(1, 12))
+    rows: list = [*HIRES] + [signed(f"C{i}", day=f"2026-0{1 + i % 9}-1{i % 9}") for i in range(n)]
+    bad = draw(
+        st.sampled_from(
+            [
+                "{oops",
+                {"type": "contract.signed", "effective": "2026-01-01"},
+                signed("C0"),
+                signed("Cx", rep="R7"),
+                {"type": "contract.churned", "effective": "2026-01-01", "contract_id": "NOPE"},
+            ]
+        )
+    )
+    at = draw(st.integers(0, len(rows)))
+    rows.insert(at, bad)
+    return rows, at
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(file_with_a_bad_line())
+def test_a_file_is_atomic_under_a_rejected_line_at_any_position(tmp_path_factory, fresh_db_urls, case):
+    rows, at = case
+    db = fresh_db_urls("sqlite")
+    ok("init", db=db)
+    f = write(tmp_path_factory.mktemp("atomic") / "f.jsonl", rows)
+    r = incentive("ingest", str(f), db=db)
+    assert r.code == 1
+    assert f":{at + 1}: " in r.err or "C0" in r.err
+    assert head(db)[0] == 0
+
+
+def test_replay_digest_is_identical_however_often_it_runs(db, tmp_path):
+    ok("ingest", str(WORKED / "01-facts.jsonl"), db=db)
+    ok("cycle", "close", "2026-03", db=db)
+    digests = {json.loads(ok("audit", "replay", "--format", "json", db=db))["digest"] for _ in range(3)}
+    assert len(digests) == 1
+    full = state_digest(project(Ledger(db).read()))
+    service.forget_projections()
+    assert state_digest(service.load_state(Ledger(db))) == full == digests.pop()
+
+
+def test_replay_as_of_a_position_and_a_time(db):
+    ok("ingest", str(WORKED / "01-facts.jsonl"), db=db)
+    ok("ingest", str(WORKED / "02-late-renewal.jsonl"), db=db)
+    first = json.loads(ok("audit", "replay", "--as-of-position", "5", "--format", "json", db=db))
+    assert first["position"] == 5 and first["contracts"] == 1
+    recorded = [r.recorded_at for r in Ledger(db).read()]
+    assert recorded[15] < recorded[16]  # one file, one transaction, one recorded time
+    at = json.loads(ok("audit", "replay", "--as-of-time", recorded[15], "--format", "json", db=db))
+    assert at["position"] == 16
+    full = json.loads(ok("audit", "replay", "--format", "json", db=db))
+    assert at["digest"] != full["digest"] and full["position"] == 17
