@@ -33,6 +33,16 @@ app.add_typer(audit_app, name="audit")
 app.add_typer(scorecard_app, name="scorecard")
 
 
+def _mount_db_admin() -> None:
+    """`incentive db ...` (database administration) lives in its own module."""
+    from .db_admin import db_app
+
+    app.add_typer(db_app, name="db")
+
+
+_mount_db_admin()
+
+
 class Format(StrEnum):
     table = "table"
     json = "json"

@@ -7,6 +7,8 @@ import io
 import json
 from pathlib import Path
 
+from rich.console import Console
+
 from ..core.plan import PlanBook
 from ..core.projections import LedgerState
 from ..core.statements import build_statement
@@ -54,9 +56,12 @@ def write_all(book: PlanBook, state: LedgerState, through: str | None, out: Path
             text = json.dumps(st, indent=2, ensure_ascii=False) + "\n"
         elif fmt == "csv":
             text = statement_render.statement_csv(st)
-        else:
+        elif fmt == "html":
             text = statement_render.statement_html(st)
-            ext = "html"
+        else:
+            console = Console(file=io.StringIO(), width=120, color_system=None)
+            statement_render.statement_table(st, console)
+            text = console.file.getvalue()  # type: ignore[attr-defined]
         path = out / f"{rep_id}.{ext}"
         path.write_text(text, encoding="utf-8")
         written.append(path)

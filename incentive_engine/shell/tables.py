@@ -1,0 +1,71 @@
+"""The ledger's one table, as a SQLModel definition.
+
+This is the *description* of the schema (for readers, type checkers and Alembic's autogenerate
+comparison); the schema itself is created only by the Alembic migrations in ``ledger_migrations/``, and
+a test checks the two agree. The store reads and writes with plain SQLAlchemy Core statements for
+speed, never through ORM objects.
+
+Every column is text or an integer so the rows hash the same on SQLite and PostgreSQL: dates and
+timestamps are ISO strings, the payload is canonical JSON (``core.canonical``).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+TABLE = "ledger_event"
+
+# PostgreSQL gets BIGINT; SQLite keeps "INTEGER PRIMARY KEY" so the position is the rowid (no extra index).
+POSITION_TYPE = BigInteger().with_variant(Integer(), "sqlite")
+
+# The raw column order used by ``Ledger.read_rows`` and the insert statement.
+COLUMNS: tuple[str, ...] = (
+    "position",
+    "stream_id",
+    "stream_version",
+    "type",
+    "effective",
+    "event_id",
+    "recorded_at",
+    "payload",
+    "content_hash",
+    "hash",
+)
+
+# Names of the database triggers that make the table append-only (created by migration 0001).
+TRIGGERS: tuple[str, ...] = ("ledger_event_no_update", "ledger_event_no_delete")
+PG_TRUNCATE_TRIGGER = "ledger_event_no_truncate"
+PG_TRIGGER_FUNCTION = "ledger_event_append_only"
+
+
+class LedgerEvent(SQLModel, table=True):
+    """One stored event: its place in the global log and in its stream, its content, and the chain hash.
+
+    ``position`` is global, 1-based and contiguous, assigned by the single writer as head + 1;
+    ``(stream_id, stream_version)`` is unique, which is what makes optimistic concurrency safe even if
+    two writers raced; ``hash`` chains every row to the one before it (``core.canonical.chain_hash``).
+    """
+
+    __tablename__ = TABLE  # type: ignore[assignment]
+    __table_args__ = (
+        UniqueConstraint("stream_id", "stream_version", name="uq_ledger_event_stream_version"),
+        UniqueConstraint("event_id", name="uq_ledger_event_event_id"),
+        Index("ix_ledger_event_type", "type"),
+        Index("ix_ledger_event_content_hash", "content_hash"),
+        Index("ix_ledger_event_effective", "effective"),
+    )
+
+    position: int = Field(sa_column=Column("position", POSITION_TYPE, primary_key=True, autoincrement=False))
+    stream_id: str = Field(sa_column=Column("stream_id", Text, nullable=False))
+    stream_version: int = Field(sa_column=Column("stream_version", Integer, nullable=False))
+    type: str = Field(sa_column=Column("type", Text, nullable=False))
+    effective: str = Field(sa_column=Column("effective", Text, nullable=False))
+    event_id: str | None = Field(default=None, sa_column=Column("event_id", Text, nullable=True))
+    recorded_at: str = Field(sa_column=Column("recorded_at", Text, nullable=False))
+    payload: str = Field(sa_column=Column("payload", Text, nullable=False))
+    content_hash: str = Field(sa_column=Column("content_hash", Text, nullable=False))
+    hash: str = Field(sa_column=Column("hash", Text, nullable=False))
+
+
+ledger_event = LedgerEvent.__table__  # the Core Table, for statements

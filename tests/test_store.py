@@ -1,0 +1,584 @@
+"""The ledger store, run unchanged against SQLite and PostgreSQL (``db_kind``)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import re
+import uuid
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from incentive_engine.core.canonical import GENESIS_HASH, canonical_json, content_hash, record_text
+from incentive_engine.core.events import (
+    AdjustmentRecorded,
+    ComplianceViolation,
+    ContractChurned,
+    ContractExpanded,
+    ContractReassigned,
+    ContractRenewed,
+    ContractSigned,
+    CycleClosed,
+    Event,
+    KpiMeasured,
+    PlanRegistered,
+    RepHired,
+    RepTerminated,
+    ScorecardPublished,
+    ServiceCost,
+    TargetSet,
+    stream_of,
+    to_payload,
+)
+from incentive_engine.errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
+from incentive_engine.shell import store
+from incentive_engine.shell.store import Ledger, Writer
+from incentive_engine.shell.tables import COLUMNS, SQLModel
+
+D = date.fromisoformat
+TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
+
+
+def varied_events() -> list[Event]:
+    """Every event type at least once, with optional fields both set and unset, unicode and quotes."""
+    return [
+        RepHired(type="rep.hired", effective=D("2026-01-01"), rep_id="M1", name="Mia Manager", role="manager"),
+        RepHired(
+            type="rep.hired", effective=D("2026-01-02"), event_id="hr-7", rep_id="R1", name='Zoë "Z" Ångström',
+            role="rep", region="EMEA", manager_id="M1",
+        ),
+        TargetSet(type="target.set", effective=D("2026-01-03"), rep_id="R1", year=2026, amount=Decimal("500000.00"),
+                  currency="EUR"),
+        ContractSigned(
+            type="contract.signed", effective=D("2026-02-01"), event_id="crm:42", contract_id="C1", account_id="A1",
+            rep_id="R1", acv=Decimal("1200000.00"), currency="EUR", term_months=36, gross_margin=Decimal("0.62"),
+        ),
+        ContractSigned(
+            type="contract.signed", effective=D("2026-02-05"), contract_id="C2", account_id="A2", rep_id="R1",
+            acv=Decimal("90000"), currency="JPY", term_months=12,
+        ),
+        ServiceCost(type="service.cost", effective=D("2026-03-01"), contract_id="C1", amount=Decimal("1520.50")),
+        ContractExpanded(type="contract.expanded", effective=D("2026-04-01"), contract_id="C1",
+                         acv_delta=Decimal("-1000.00")),
+        KpiMeasured(type="kpi.measured", effective=D("2026-06-30"), rep_id="R1", year=2026, kpi="csat",
+                    value=Decimal("4.5")),
+        ComplianceViolation(type="compliance.violation", effective=D("2026-07-01"), rep_id="R1", severity="warning",
+                            contract_id="C1", description="late paperwork\nsecond line\t中文"),
+        ScorecardPublished(type="scorecard.published", effective=D("2026-12-31"), rep_id="R1", year=2026,
+                           composite=Decimal("104.5"),
+                           components={"csat": "4.5", "nested": {"a": [1, 2.5, None, True]}}),
+        ContractReassigned(type="contract.reassigned", effective=D("2027-01-10"), contract_id="C2", rep_id="M1"),
+        ContractRenewed(type="contract.renewed", effective=D("2027-02-01"), contract_id="C2", acv=Decimal("95000"),
+                        term_months=12),
+        ContractChurned(type="contract.churned", effective=D("2027-03-01"), contract_id="C1"),
+        AdjustmentRecorded(type="adjustment.recorded", effective=D("2027-03-02"), event_id="adj-1", rep_id="R1",
+                           amount=Decimal("-250.00"), currency="EUR", reason="double count", approved_by="CFO"),
+        PlanRegistered(type="plan.registered", effective=D("2026-01-01"), plan_id="reference", version="1",
+                       content_hash="ab" * 32, filename="reference.yaml", text="name: reference\n# ünïcode\n"),
+        CycleClosed(type="cycle.closed", effective=D("2027-01-31"), period="2027-01", as_of=D("2027-01-31"),
+                    ledger_position=12, plans={"reference": "ab" * 32},
+                    lines=({"rep_id": "R1", "amount": "20625.00"},), totals=()),
+        RepTerminated(type="rep.terminated", effective=D("2027-04-01"), rep_id="R1", leaver="good"),
+    ]  # fmt: skip
+
+
+def hire(rep_id: str, **kw: Any) -> RepHired:
+    return RepHired(type="rep.hired", effective=D("2026-01-01"), rep_id=rep_id, name=f"Rep {rep_id}", role="rep", **kw)
+
+
+def append(ledger: Ledger, events: list[Event], **kw: Any) -> list[Any]:
+    with ledger.writer() as w:
+        return w.append(events, **kw)
+
+
+def expected_versions_of(events: list[Event], start: dict[str, int] | None = None) -> list[int]:
+    seen = dict(start or {})
+    out = []
+    for ev in events:
+        sid = stream_of(ev)
+        seen[sid] = seen.get(sid, 0) + 1
+        out.append(seen[sid])
+    return out
+
+
+def drop_triggers(ledger: Ledger) -> None:
+    with ledger.engine.begin() as conn:
+        if ledger.dialect == "sqlite":
+            conn.exec_driver_sql("DROP TRIGGER ledger_event_no_update")
+            conn.exec_driver_sql("DROP TRIGGER ledger_event_no_delete")
+        else:
+            for name in ("ledger_event_no_update", "ledger_event_no_delete", "ledger_event_no_truncate"):
+                conn.exec_driver_sql(f"DROP TRIGGER {name} ON ledger_event")
+
+
+def tamper(ledger: Ledger, *statements: tuple[str, dict[str, Any]]) -> None:
+    drop_triggers(ledger)
+    with ledger.engine.begin() as conn:
+        for sql, params in statements:
+            conn.execute(text(sql), params)
+
+
+def count(ledger: Ledger) -> int:
+    with ledger.engine.connect() as conn:
+        return int(conn.execute(text("SELECT COUNT(*) FROM ledger_event")).scalar_one())
+
+
+# --- schema -------------------------------------------------------------------------------------
+
+
+def test_uninitialised_database_is_refused_with_a_hint(ledger_url: str) -> None:
+    led = Ledger(ledger_url)
+    try:
+        for use in (led.head, lambda: list(led.read()), led.verify, lambda: led.writer().__enter__()):
+            with pytest.raises(LedgerNotInitialised, match="incentive init"):
+                use()
+    finally:
+        led.dispose()
+
+
+def test_init_twice_is_a_no_op(ledger_url: str) -> None:
+    led = Ledger(ledger_url)
+    led.init()
+    append(led, [hire("R1")])
+    before = list(led.read_rows())
+    led.init()
+    with Ledger(ledger_url) as other:
+        other.init()  # and from a second handle
+    assert list(led.read_rows()) == before
+    assert led.head() == (1, before[0][-1])
+    with led.engine.connect() as conn:
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == [store.head_revision()]
+    led.check_schema()
+    led.dispose()
+
+
+def test_empty_ledger(ledger: Ledger) -> None:
+    assert ledger.head() == (0, GENESIS_HASH)
+    assert list(ledger.read()) == []
+    report = ledger.verify()
+    assert (report.ok, report.events, report.first_bad_position) == (True, 0, None)
+    with ledger.writer() as w:
+        assert w.append([]) == []
+        assert w.head() == (0, GENESIS_HASH)
+
+
+def test_migration_matches_the_table_model(ledger: Ledger) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with ledger.engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), SQLModel.metadata)
+    ours = [d for d in diffs if "ledger_event" in repr(d)]
+    assert ours == []
+
+
+def test_migrations_are_found_without_an_ini_file() -> None:
+    cfg = store.alembic_config()
+    assert (store.migrations_dir() / "versions" / "0001_ledger.py").is_file()
+    assert cfg.get_main_option("script_location") == str(store.migrations_dir())
+    assert store.head_revision() == "0001"
+
+
+# --- round trip ---------------------------------------------------------------------------------
+
+
+def test_round_trip(ledger: Ledger) -> None:
+    events = varied_events()
+    first, second = events[:7], events[7:]
+    recorded = append(ledger, first) + append(ledger, second)
+    back = list(ledger.read())
+    assert back == recorded
+    assert [r.event for r in back] == events
+    assert [type(r.event) for r in back] == [type(e) for e in events]
+    assert [r.position for r in back] == list(range(1, len(events) + 1))
+    assert [r.stream_id for r in back] == [stream_of(e) for e in events]
+    assert [r.stream_version for r in back] == expected_versions_of(events)
+    assert [r.event for r in ledger.read(validate=False)] == events  # the fast path agrees
+    assert [r.position for r in ledger.read(after=3, upto=6)] == [4, 5, 6]
+    assert ledger.stream_versions(["contract:C1", "rep:R1", "rep:nobody"]) == {
+        "contract:C1": 4, "rep:R1": 7, "rep:nobody": 0,
+    }  # fmt: skip
+
+    rows = list(ledger.read_rows())
+    assert len(rows) == len(events) and all(len(row) == len(COLUMNS) for row in rows)
+    for row, ev in zip(rows, events, strict=True):
+        payload = canonical_json(to_payload(ev))
+        assert row[3:6] == (ev.type, ev.effective.isoformat(), ev.event_id)
+        assert row[7] == payload
+        assert row[8] == content_hash(ev.type, ev.effective.isoformat(), payload)
+        assert re.fullmatch(r"[0-9a-f]{64}", row[9])
+    assert ledger.head() == (len(events), rows[-1][9])
+    assert list(ledger.read_rows(after=2, upto=3)) == rows[2:3]
+
+
+def test_several_events_of_one_stream_in_one_append_get_consecutive_versions(ledger: Ledger) -> None:
+    append(ledger, [hire("R1")])
+    evs = [
+        ContractSigned(type="contract.signed", effective=D("2026-02-01"), contract_id="C1", account_id="A",
+                       rep_id="R1", acv=Decimal("10.00"), currency="EUR", term_months=12),
+        hire("R2"),
+        ServiceCost(type="service.cost", effective=D("2026-03-01"), contract_id="C1", amount=Decimal("1")),
+        ServiceCost(type="service.cost", effective=D("2026-03-02"), contract_id="C1", amount=Decimal("2")),
+        RepTerminated(type="rep.terminated", effective=D("2026-05-01"), rep_id="R1", leaver="bad"),
+    ]  # fmt: skip
+    out = append(ledger, evs)
+    assert [(r.position, r.stream_id, r.stream_version) for r in out] == [
+        (2, "contract:C1", 1), (3, "rep:R2", 1), (4, "contract:C1", 2), (5, "contract:C1", 3), (6, "rep:R1", 2),
+    ]  # fmt: skip
+    assert list(ledger.read(after=1)) == out
+
+
+_ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:@-]{0,15}\Z")
+_texts = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), min_size=1, max_size=40)
+_days = st.dates(min_value=date(1990, 1, 1), max_value=date(2150, 12, 31))
+_money = st.sampled_from([("EUR", 2), ("JPY", 0), ("KWD", 3)]).flatmap(
+    lambda cp: st.tuples(
+        st.just(cp[0]), st.decimals(min_value=Decimal(1).scaleb(-cp[1]), max_value=Decimal(10**12), places=cp[1])
+    )
+)
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**18), 10**18)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | _texts,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_texts, inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@st.composite
+def _event_ids(draw: st.DrawFn) -> str | None:
+    """Optional; unique (the ledger refuses a second use), with arbitrary printable text in front."""
+    if not draw(st.booleans()):
+        return None
+    prefix = draw(st.text(st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=20))
+    return f"{prefix}#{uuid.uuid4().hex}"
+
+
+@st.composite
+def any_event(draw: st.DrawFn) -> Event:
+    common = {"effective": draw(_days), "event_id": draw(_event_ids())}
+    kind = draw(st.integers(0, 6))
+    if kind == 0:
+        return RepHired(type="rep.hired", rep_id=draw(_ids), name=draw(_texts), role=draw(st.sampled_from(
+            ["rep", "manager", "director"])), region=draw(st.none() | _texts), manager_id=draw(st.none() | _ids),
+            **common)  # fmt: skip
+    if kind == 1:
+        currency, acv = draw(_money)
+        return ContractSigned(
+            type="contract.signed", contract_id=draw(_ids), account_id=draw(_ids), rep_id=draw(_ids), acv=acv,
+            currency=currency, term_months=draw(st.integers(1, 120)),
+            gross_margin=draw(st.none() | st.decimals(0, 1, places=4)), **common,
+        )  # fmt: skip
+    if kind == 2:
+        amount = draw(st.decimals(min_value=0, max_value=10**9, places=draw(st.integers(0, 6))))
+        return ServiceCost(type="service.cost", contract_id=draw(_ids), amount=amount, **common)
+    if kind == 3:
+        delta = draw(st.decimals(min_value=-(10**9), max_value=10**9, places=2).filter(lambda d: d != 0))
+        return ContractExpanded(type="contract.expanded", contract_id=draw(_ids), acv_delta=delta, **common)
+    if kind == 4:
+        return ComplianceViolation(
+            type="compliance.violation", rep_id=draw(_ids), severity=draw(st.sampled_from(["veto", "warning"])),
+            contract_id=draw(st.none() | _ids), description=draw(_texts), **common,
+        )  # fmt: skip
+    if kind == 5:
+        return ScorecardPublished(
+            type="scorecard.published", rep_id=draw(_ids), year=draw(st.integers(1900, 2200)),
+            composite=draw(st.decimals(0, 150, places=2)),
+            components=draw(st.none() | st.dictionaries(_texts, _json, max_size=4)), **common,
+        )  # fmt: skip
+    return KpiMeasured(
+        type="kpi.measured", rep_id=draw(_ids), year=draw(st.integers(1900, 2200)), kpi="nps",
+        value=draw(st.decimals(-100, 100, places=1)), **common,
+    )  # fmt: skip
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(any_event(), min_size=1, max_size=12))
+def test_any_valid_events_round_trip_unchanged(ledger: Ledger, events: list[Event]) -> None:
+    start, _ = ledger.head()
+    before = ledger.stream_versions({stream_of(e) for e in events})
+    recorded = append(ledger, events)
+    back = list(ledger.read(after=start))
+    assert [r.event for r in back] == events
+    assert [r.event for r in ledger.read(after=start, validate=False)] == events
+    assert back == recorded
+    assert [r.position for r in back] == list(range(start + 1, start + len(events) + 1))
+    assert [r.stream_version for r in back] == expected_versions_of(events, before)
+
+
+def test_every_event_type_has_the_fast_read_path() -> None:
+    from incentive_engine.core.events import EVENT_CLASSES
+
+    assert [t for t in EVENT_CLASSES if store._fast_plan(t) is None] == []
+
+
+@given(
+    args=st.tuples(
+        st.integers(1, 2**62), st.text(), st.integers(1, 2**31), st.text(), st.text(), st.none() | st.text(),
+        st.text(), st.dictionaries(st.text(), st.text()).map(canonical_json),
+    )
+)  # fmt: skip
+def test_fast_record_text_is_byte_identical_to_the_canonical_one(args: tuple[Any, ...]) -> None:
+    assert store.RECORD_TEXT is store._record_text_fast  # the fast encoder was not rejected at import
+    assert store._record_text_fast(*args) == record_text(*args)
+
+
+# --- idempotency lookups ------------------------------------------------------------------------
+
+
+def test_event_id_and_content_hash_lookups(ledger: Ledger) -> None:
+    evs = [hire(f"R{i}", event_id=f"hire-{i}") for i in range(1200)]  # more than one IN (...) chunk
+    twice = ServiceCost(type="service.cost", effective=D("2026-03-01"), contract_id="C1", amount=Decimal("5"))
+    append(ledger, [*evs, twice, twice])
+    rows = {row[5]: row[8] for row in ledger.read_rows() if row[5] is not None}
+    asked = [f"hire-{i}" for i in range(0, 1200, 1)] + ["nope"]
+    assert ledger.event_id_hashes(asked) == rows
+    h = content_hash("service.cost", "2026-03-01", canonical_json(to_payload(twice)))
+    first = rows["hire-0"]
+    assert ledger.content_hash_counts([h, first, "0" * 64]) == {h: 2, first: 1}
+    with ledger.writer() as w:
+        assert w.event_id_hashes(["hire-3"]) == {"hire-3": rows["hire-3"]}
+        assert w.content_hash_counts([h]) == {h: 2}
+
+
+# --- the hash chain -----------------------------------------------------------------------------
+
+
+def test_verify_passes_on_an_untouched_ledger(ledger: Ledger) -> None:
+    append(ledger, varied_events())
+    append(ledger, [hire(f"X{i}") for i in range(30)])
+    report = ledger.verify()
+    assert report.ok, report.message
+    assert (report.events, report.first_bad_position) == (len(varied_events()) + 30, None)
+
+
+@pytest.mark.parametrize(
+    ("statements", "bad", "why"),
+    [
+        pytest.param(
+            [("UPDATE ledger_event SET payload = :p WHERE position = 7", {"p": '{"amount":"9999.99","contract_id":"C1"}'})],
+            7, "hash mismatch", id="payload-altered",
+        ),
+        pytest.param(
+            [("UPDATE ledger_event SET effective = '2020-01-01' WHERE position = 11", {})], 11, "hash mismatch",
+            id="date-altered",
+        ),
+        pytest.param(
+            [("UPDATE ledger_event SET content_hash = :h WHERE position = 4", {"h": "f" * 64})], 4, "content hash",
+            id="content-hash-altered",
+        ),
+        pytest.param([("DELETE FROM ledger_event WHERE position = 7", {})], 7, "missing", id="row-removed"),
+        pytest.param([("DELETE FROM ledger_event WHERE position = 1", {})], 1, "missing", id="first-row-removed"),
+        pytest.param(
+            [
+                ("UPDATE ledger_event SET position = -position WHERE position IN (5, 9)", {}),
+                ("UPDATE ledger_event SET position = 14 + position WHERE position IN (-5, -9)", {}),
+            ],
+            5, "hash mismatch", id="rows-reordered",
+        ),
+    ],
+)  # fmt: skip
+def test_verify_finds_the_first_tampered_position(
+    ledger: Ledger, statements: list[tuple[str, dict[str, Any]]], bad: int, why: str
+) -> None:
+    append(ledger, [hire(f"R{i}") for i in range(6)])
+    append(ledger, [ServiceCost(type="service.cost", effective=D("2026-03-01"), contract_id="C1",
+                                amount=Decimal(i)) for i in range(10)])  # fmt: skip
+    assert ledger.verify().ok
+    tamper(ledger, *statements)
+    report = ledger.verify()
+    assert not report.ok
+    assert report.first_bad_position == bad
+    assert report.events == bad - 1
+    assert f"position {bad}: " in report.message and why in report.message
+
+
+def test_swapping_two_rows_contents_is_reported_at_the_first_one(ledger: Ledger) -> None:
+    events = varied_events()
+    append(ledger, events)
+    rows = {row[0]: row for row in ledger.read_rows()}
+    a, b = 5, 9
+    swap = "UPDATE ledger_event SET type = :t, payload = :p, content_hash = :c WHERE position = :pos"
+    tamper(
+        ledger,
+        (swap, {"t": rows[b][3], "p": rows[b][7], "c": rows[b][8], "pos": a}),
+        (swap, {"t": rows[a][3], "p": rows[a][7], "c": rows[a][8], "pos": b}),
+    )
+    report = ledger.verify()
+    assert (report.ok, report.first_bad_position) == (False, a)
+    assert f"position {a}: hash mismatch (row altered, removed or reordered)" in report.message
+
+
+def test_verify_reports_missing_append_only_triggers(ledger: Ledger) -> None:
+    append(ledger, [hire("R1")])
+    drop_triggers(ledger)
+    report = ledger.verify()
+    assert not report.ok and report.first_bad_position is None
+    assert "ledger_event_no_update" in report.message and "ledger_event_no_delete" in report.message
+
+
+def test_the_database_refuses_update_and_delete(ledger: Ledger) -> None:
+    append(ledger, [hire("R1"), hire("R2")])
+    statements = ["UPDATE ledger_event SET payload = '{}' WHERE position = 1", "DELETE FROM ledger_event"]
+    if ledger.dialect == "postgresql":
+        statements.append("TRUNCATE ledger_event")
+    for sql in statements:
+        with pytest.raises(DBAPIError, match="ledger_event is append-only"), ledger.engine.begin() as conn:
+            conn.exec_driver_sql(sql)
+    assert count(ledger) == 2
+    assert ledger.verify().ok
+
+
+# --- writers ------------------------------------------------------------------------------------
+
+
+def test_a_stale_writer_gets_a_conflict_and_writes_nothing(ledger: Ledger) -> None:
+    append(ledger, [hire("R1")])
+    seen = ledger.stream_versions(["rep:R1"])  # a writer decides on version 1 ...
+    assert seen == {"rep:R1": 1}
+    append(ledger, [RepTerminated(type="rep.terminated", effective=D("2026-06-01"), rep_id="R1", leaver="good")])
+    head = ledger.head()
+    late = [hire("R9"), KpiMeasured(type="kpi.measured", effective=D("2026-06-30"), rep_id="R1", year=2026,
+                                    kpi="csat", value=Decimal(4))]  # fmt: skip
+    with pytest.raises(ConcurrencyConflict, match=r"stream rep:R1: expected version 1, found 2"):
+        append(ledger, late, expected_versions=seen)  # ... but another got there first
+    assert ledger.head() == head and count(ledger) == 2
+    # a fresh decision goes through; a new stream is expected at version 0
+    out = append(ledger, late, expected_versions={"rep:R1": 2, "rep:R9": 0})
+    assert [(r.stream_id, r.stream_version) for r in out] == [("rep:R9", 1), ("rep:R1", 3)]
+
+
+def test_a_refused_append_leaves_nothing_behind_even_if_the_error_is_caught(ledger: Ledger) -> None:
+    append(ledger, [hire("R1", event_id="dup")])
+    head = ledger.head()
+    with ledger.writer() as w:
+        with pytest.raises(ConcurrencyConflict, match="event_id"):
+            w.append([hire("R2"), hire("R3"), hire("R4", event_id="dup")])  # fails on the third row
+        assert w.head() == head
+        w.append([hire("R5")])  # the writer is still usable and commits only this
+    assert [r.event.rep_id for r in ledger.read()] == ["R1", "R5"]  # type: ignore[attr-defined]
+    assert ledger.verify().ok
+
+
+def test_a_taken_stream_version_becomes_a_conflict(ledger: Ledger) -> None:
+    with pytest.raises(ConcurrencyConflict, match="stream version or position"), ledger.writer() as w:
+        assert w.stream_versions(["rep:R1"]) == {"rep:R1": 0}  # cached by the writer
+        w.conn.exec_driver_sql(  # someone bypassing the store takes version 1 of the stream
+            "INSERT INTO ledger_event VALUES (100, 'rep:R1', 1, 'rep.hired', '2026-01-01', NULL, 'x', '{}', 'x', 'x')"
+        )
+        w.append([hire("R1")])
+    assert count(ledger) == 0
+
+
+def test_writer_rolls_back_on_exception_and_is_unusable_outside_its_block(ledger: Ledger) -> None:
+    with pytest.raises(RuntimeError), ledger.writer() as w:
+        w.append([hire("R1")])
+        assert [r.position for r in w.read()] == [1]  # the writer sees its own appends
+        raise RuntimeError("boom")
+    assert ledger.head() == (0, GENESIS_HASH)
+    kept: list[Writer] = []
+    with ledger.writer() as w:
+        kept.append(w)
+    with pytest.raises(Exception, match="outside"):
+        kept[0].append([hire("R1")])
+
+
+def test_recorded_at_never_decreases(ledger_url: str) -> None:
+    clock = iter(["2031-05-05T10:00:00.000000Z", "2030-01-01T00:00:00.000000Z", "2031-05-05T10:00:00.000001Z"])
+    led = Ledger(ledger_url, clock=lambda: next(clock))
+    led.init()
+    try:
+        a = append(led, [hire("R1"), hire("R2")])
+        b = append(led, [hire("R3")])  # the clock went back: keep the last time
+        c = append(led, [hire("R4")])
+        assert [r.recorded_at for r in a + b + c] == [
+            "2031-05-05T10:00:00.000000Z", "2031-05-05T10:00:00.000000Z", "2031-05-05T10:00:00.000000Z",
+            "2031-05-05T10:00:00.000001Z",
+        ]  # fmt: skip
+        assert [r.position for r in led.read(recorded_upto="2031-05-05T10:00:00.000000Z")] == [1, 2, 3]
+        assert [r.position for r in led.read(recorded_upto="2031-05-05")] == [1, 2, 3, 4]
+        assert list(led.read(recorded_upto="2031-05-04")) == []
+        assert led.verify().ok
+    finally:
+        led.dispose()
+
+
+def test_recorded_at_is_utc_iso_and_monotonic_with_the_real_clock(ledger: Ledger) -> None:
+    for i in range(5):
+        append(ledger, [hire(f"R{i}a"), hire(f"R{i}b")])
+    stamps = [row[6] for row in ledger.read_rows()]
+    assert all(TIMESTAMP.match(s) for s in stamps)
+    assert stamps == sorted(stamps)
+
+
+def _append_in_child(url: str, tag: str, n: int, batch: int, go: Any) -> None:
+    led = Ledger(url)
+    go.wait(30)
+    for start in range(0, n, batch):
+        with led.writer() as w:
+            w.append([hire(f"{tag}{i}") for i in range(start, start + batch)])
+    led.dispose()
+
+
+def _procs(url: str, count: int, n: int, batch: int) -> Iterator[multiprocessing.Process]:
+    ctx = multiprocessing.get_context("fork")
+    go = ctx.Event()
+    procs = [ctx.Process(target=_append_in_child, args=(url, f"P{k}x", n, batch, go)) for k in range(count)]
+    for p in procs:
+        p.start()
+    go.set()
+    yield from procs
+
+
+def test_two_processes_appending_at_once_keep_the_chain_valid(ledger: Ledger, ledger_url: str) -> None:
+    ledger.dispose()  # no inherited connections in the children
+    procs = list(_procs(ledger_url, 2, 200, 10))
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    report = ledger.verify()
+    assert report.ok, report.message
+    assert report.events == 400
+    rows = list(ledger.read_rows())
+    assert [r[0] for r in rows] == list(range(1, 401))
+    for tag in ("P0x", "P1x"):  # each process's events in its own order
+        assert [r.event.rep_id for r in ledger.read() if r.event.rep_id.startswith(tag)] == [  # type: ignore[attr-defined]
+            f"{tag}{i}" for i in range(200)
+        ]
+    stamps = [r[6] for r in rows]
+    assert stamps == sorted(stamps)
+
+
+def test_writers_do_not_nest(ledger: Ledger) -> None:
+    with ledger.writer(), pytest.raises(EngineError, match="do not nest"), ledger.writer():
+        pass
+    with ledger.writer() as w:  # and the flag is cleared afterwards
+        w.append([hire("R1")])
+    assert ledger.head()[0] == 1
+
+
+def test_a_schema_from_a_newer_program_is_named_as_such(ledger: Ledger, ledger_url: str) -> None:
+    with ledger.engine.begin() as conn:
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    with Ledger(ledger_url) as other, pytest.raises(LedgerNotInitialised, match="newer incentive-engine"):
+        other.head()
+
+
+def test_verify_survives_a_value_of_the_wrong_type(ledger_url: str) -> None:
+    if not ledger_url.startswith("sqlite"):
+        pytest.skip("only SQLite lets a TEXT column hold a blob")
+    with Ledger(ledger_url) as led:
+        led.init()
+        append(led, [hire(f"R{i}") for i in range(5)])
+        tamper(led, ("UPDATE ledger_event SET event_id = X'00ff' WHERE position = 3", {}))
+        report = led.verify()
+        assert (report.ok, report.first_bad_position) == (False, 3)
