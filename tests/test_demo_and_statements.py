@@ -38,7 +38,7 @@ def test_demo_runs_end_to_end_and_every_cycle_reproduces(demo):
 
 
 def test_demo_is_deterministic_for_a_seed(demo, tmp_path):
-    directory, db, _ = demo
+    _, db, _ = demo
     again = tmp_path / "again"
     ok("demo", "--dir", str(again), "--seed", "3", "--reps", "12", "--contracts", "60", db="sqlite:///unused.db")
     a = json.loads(ok("cycle", "show", "2030-12", "--format", "json", db=db))
