@@ -108,16 +108,20 @@ def obligations_of(contract: Contract, plan: Plan, state: LedgerState, as_of: da
             break
         yield Obligation(f"{cid}/tranche/{k}", "tranche", cid, contract.seller, cur, vest, base, h, tranche=k)
     rate = plan.model.commission.renewal_rate
+    # one renewal obligation per date: a second renewal recorded for the same date corrects the first
+    # (the latest recorded wins, as it does for the contract's ACV and term)
+    latest: dict[date, Renewal] = {}
     for r in contract.renewals:
-        if r.effective > as_of:
-            break
+        if r.effective <= as_of:
+            latest[r.effective] = r
+    for day, r in sorted(latest.items()):
         yield Obligation(
-            f"{cid}/renewal/{r.effective.isoformat()}",
+            f"{cid}/renewal/{day.isoformat()}",
             "renewal",
             cid,
-            contract.owner_on(r.effective),
+            contract.owner_on(day),
             cur,
-            r.effective,
+            day,
             round_money(rate * r.acv, cur),
             h,
             renewal=r,
