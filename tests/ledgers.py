@@ -19,7 +19,9 @@ from incentive_engine.core.validation import check_batch
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE_PLAN = ROOT / "rules" / "reference.yaml"
-WORKED = ROOT.parent / "shared" / "examples" / "worked"
+# A copy of ../shared/examples/worked (CI runs on a clean clone that may not sit next to ../shared).
+WORKED = ROOT / "tests" / "data" / "worked"
+SHARED_WORKED = ROOT.parent / "shared" / "examples" / "worked"
 
 
 def reference_book(**overrides: str) -> PlanBook:

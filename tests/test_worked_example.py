@@ -9,7 +9,7 @@ import pytest
 from incentive_engine.core.dates import period_end, periods_between
 
 from .cli import incentive, ok
-from .ledgers import WORKED
+from .ledgers import SHARED_WORKED, WORKED
 
 
 @pytest.fixture(scope="module")
@@ -108,3 +108,9 @@ def test_audit_verify_and_reproduce_every_month(worked):
     assert "hash chain intact" in ok("audit", "verify", db=db)
     assert "60 closed cycle(s) reproduce exactly" in ok("audit", "reproduce", "--all", db=db)
     assert ok("audit", "reproduce", "2027-12", db=db)
+
+
+@pytest.mark.skipif(not SHARED_WORKED.is_dir(), reason="../shared is not next to this checkout")
+def test_the_copy_of_the_worked_example_is_current():
+    for f in SHARED_WORKED.iterdir():
+        assert (WORKED / f.name).read_bytes() == f.read_bytes(), f.name
