@@ -29,7 +29,7 @@ from incentive_engine.core.scorecards import (
     scorecard_json,
 )
 
-WORKED = Path("/work/shared/examples/worked")
+WORKED = Path(__file__).resolve().parent / "data" / "worked"
 SPEC = load_scorecards_yaml(REFERENCE_SCORECARDS_YAML)
 
 
