@@ -14,7 +14,8 @@ from typing import Annotated
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from ..errors import EngineError, InputError
+from ..core.plan import PlanBook
+from ..errors import EngineError, InputError, LedgerNotInitialised
 from . import render, service
 from .plans import default_rules_dir, load_plans
 from .store import Ledger
@@ -59,11 +60,24 @@ class Settings:
 
     @property
     def ledger(self) -> Ledger:
+        """The ledger; a missing SQLite file is reported, not silently created (only `init` creates it)."""
         if self._ledger is None:
-            self._ledger = Ledger(self.db)
+            self._ledger = self.new_ledger(create=False)
         return self._ledger
 
-    def book(self):
+    def new_ledger(self, create: bool) -> Ledger:
+        from sqlalchemy.engine import make_url
+
+        try:
+            url = make_url(self.db)
+        except Exception as exc:  # SQLAlchemy raises several types for a bad URL
+            raise EngineError(f"--db: not a database URL: {self.db!r} ({exc})") from None
+        sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+        if not create and sqlite_file and not Path(str(url.database)).exists():
+            raise LedgerNotInitialised(f"{url.database} does not exist: run `incentive init` to create the ledger")
+        return Ledger(self.db)
+
+    def book(self) -> PlanBook:
         return load_plans(self.rules)
 
 
@@ -88,7 +102,7 @@ def main_options(
 def init(ctx: typer.Context) -> None:
     """Create or upgrade the ledger schema (migrations); safe to run again."""
     s = _settings(ctx)
-    s.ledger.init()
+    s.new_ledger(create=True).init()
     render.out.print(f"Ledger schema is at head on {s.db}")
 
 
