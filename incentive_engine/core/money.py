@@ -277,3 +277,24 @@ def format_factor(value: Decimal) -> str:
     if "." not in text:
         text += ".0"
     return text
+
+
+def config_decimal(value: object) -> Decimal:
+    """A number from a plan file: YAML ints, floats (via str(), never binary) and strings; booleans and
+    non-finite values are refused."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number, got a boolean")
+    if isinstance(value, Decimal):
+        d = value
+    elif isinstance(value, int | float):
+        d = Decimal(str(value))
+    elif isinstance(value, str):
+        try:
+            d = Decimal(value.strip())
+        except ArithmeticError:
+            raise ValueError(f"not a number: {value!r}") from None
+    else:
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    if not d.is_finite():
+        raise ValueError(f"not a finite number: {value!r}")
+    return d

@@ -18,21 +18,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from ..errors import PlanError, Problem
 from .canonical import sha256_hex
+from .money import config_decimal
 
-
-def _dec(value: object) -> Decimal:
-    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
-        raise ValueError("expected a number")
-    try:
-        d = Decimal(str(value))
-    except ArithmeticError:
-        raise ValueError(f"not a number: {value!r}") from None
-    if not d.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    return d
-
-
-Num = Annotated[Decimal, BeforeValidator(_dec)]
+Num = Annotated[Decimal, BeforeValidator(config_decimal)]
 Share = Annotated[Num, Field(ge=0, le=1)]
 
 

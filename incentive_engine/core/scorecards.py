@@ -99,6 +99,7 @@ import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, model_validator
 
 from .dates import add_days, term_end
+from .money import config_decimal as to_decimal
 from .projections import Contract, LedgerState
 from .weights import ahp, check_consistency, combine, entropy_weights, fixed_weights, parse_ratio
 
@@ -106,26 +107,6 @@ from .weights import ahp, check_consistency, combine, entropy_weights, fixed_wei
 
 _CTX = decimal.Context(prec=40, rounding=ROUND_HALF_UP)
 _WIDE = decimal.Context(prec=80, rounding=ROUND_HALF_UP)  # for display rounding: never cuts digits
-
-
-def to_decimal(value: object) -> Decimal:
-    """YAML ints, floats (via str(), never binary) and strings to Decimal; booleans are refused."""
-    if isinstance(value, bool):
-        raise ValueError("expected a number, got a boolean")
-    if isinstance(value, Decimal):
-        d = value
-    elif isinstance(value, int | float):
-        d = Decimal(str(value))
-    elif isinstance(value, str):
-        try:
-            d = Decimal(value.strip())
-        except ArithmeticError:
-            raise ValueError(f"not a number: {value!r}") from None
-    else:
-        raise ValueError(f"expected a number, got {type(value).__name__}")
-    if not d.is_finite():
-        raise ValueError(f"not a finite number: {value!r}")
-    return d
 
 
 Num = Annotated[Decimal, BeforeValidator(to_decimal)]
