@@ -104,3 +104,23 @@ def ledger(ledger_url: str) -> Iterator[Ledger]:
         yield led
     finally:
         led.dispose()
+
+
+def module_pg_database(request: pytest.FixtureRequest, admin: Engine | None) -> str:
+    """A fresh PostgreSQL database for a module-scoped fixture (dropped when the module is done)."""
+    if admin is None:
+        pytest.skip(f"{PG_ENV} is not set")
+    name = f"incentive_m_{uuid.uuid4().hex}"
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except DBAPIError as exc:
+        pytest.fail(f"{PG_ENV} is set but the PostgreSQL server is unusable: {exc.orig}")
+
+    def drop() -> None:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    request.addfinalizer(drop)
+    assert PG_URL is not None
+    return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)

@@ -9,12 +9,16 @@ import pytest
 from incentive_engine.core.dates import period_end, periods_between
 
 from .cli import incentive, ok
+from .conftest import module_pg_database
 from .ledgers import SHARED_WORKED, WORKED
 
 
-@pytest.fixture(scope="module")
-def worked(tmp_path_factory):
-    db = f"sqlite:///{tmp_path_factory.mktemp('worked') / 'ledger.db'}"
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def worked(request, tmp_path_factory, _pg_admin):
+    if request.param == "sqlite":
+        db = f"sqlite:///{tmp_path_factory.mktemp('worked') / 'ledger.db'}"
+    else:
+        db = module_pg_database(request, _pg_admin)
     ok("init", db=db)
     ok("ingest", str(WORKED / "01-facts.jsonl"), db=db)
     published = ok("scorecard", "publish", "2026", db=db)
