@@ -230,3 +230,16 @@ def test_manual_adjustment_becomes_a_manual_line(tmp_path):
     )
     r = incentive("ingest", str(tmp_path / "noid.jsonl"), db=db)
     assert r.code == 1 and "event_id" in r.err
+
+
+def test_explain_a_settled_obligation_and_an_unknown_one(worked_db):
+    item = explain(worked_db, "2028-06", "R1", "C1/upfront")  # paid in 2026-01, nothing since
+    assert (item["status"], item["earned"], item["paid_to_date"], item["rule"]) == (
+        "earned",
+        "60000.00",
+        "60000.00",
+        "upfront",
+    )
+    assert "line" not in item and fact_types(item) == ["contract.signed"]
+    r = incentive("explain", "2028-06", "R1", "--obligation", "C9/upfront", db=worked_db)
+    assert r.code == 1 and "C9/upfront is not an obligation of R1 due by 2028-06" in r.err

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from ..core.canonical import GENESIS_HASH, record_text
-from ..core.cycles import compute_cycle, line_json, total_json
+from ..core.cycles import compute_cycle, line_json, paid_history, total_json
 from ..core.dates import period_end
-from ..core.evaluation import Evaluation
+from ..core.evaluation import Evaluation, evaluate_all
 from ..core.events import Event, to_payload
 from ..core.money import format_factor, format_money
 from ..core.plan import PlanBook
@@ -123,22 +123,28 @@ def explain(
 ) -> dict[str, Any]:
     """Every line and evaluation of the rep in that cycle with its facts, factors and rule."""
     period = service.check_period(period)
-    cycle = state.cycles.get(period)
-    if cycle is not None:
-        result = service.reproduce_cycle(ledger, state, period)
-        status, upto = "closed", cycle.ledger_position
-    else:
-        result = compute_cycle(book, state, period, "preview")
-        status, upto = "preview", state.position
     if rep_id not in state.reps:
         raise CycleError(f"unknown rep {rep_id!r}")
+    cycle = state.cycles.get(period)
+    if cycle is not None:
+        book, seen = service.closed_cycle_inputs(ledger, state, period)
+        status, upto = "closed", cycle.ledger_position
+    else:
+        seen, status, upto = state, "preview", state.position
+    result = compute_cycle(book, seen, period, status)
     evals = {e.obligation.obligation_id: (e, paid) for e, paid in result.evaluations if e.obligation.rep_id == rep_id}
     lines = {x.obligation: x for x in result.lines if x.rep_id == rep_id}
     wanted = sorted(set(evals) | set(lines))
     if obligation is not None:
-        wanted = [o for o in wanted if o == obligation]
-        if not wanted:
-            raise CycleError(f"{obligation} has no line or evaluation for {rep_id} in {period}")
+        if obligation not in evals:
+            # an earned, settled obligation is not listed by the cycle; explain it all the same
+            paid = paid_history(seen, period).paid
+            for ev in evaluate_all(book, seen, period_end(period)):
+                if ev.obligation.obligation_id == obligation and ev.obligation.rep_id == rep_id:
+                    evals[obligation] = (ev, paid.get(obligation, Decimal(0)))
+        wanted = [o for o in (*wanted, obligation) if o == obligation][:1]
+        if obligation not in evals:
+            raise CycleError(f"{obligation} is not an obligation of {rep_id} due by {period}")
     last_paid_at = _last_line_positions(state, period)
     positions = {p for o in wanted if o in evals for p in evals[o][0].facts}
     events = _events_at(ledger, positions, upto)

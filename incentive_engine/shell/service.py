@@ -255,11 +255,16 @@ def registered_book(state: LedgerState, hashes: dict[str, str]) -> PlanBook:
     return book_from_registered({h: (state.plans[h].filename, state.plans[h].text) for h in hashes})
 
 
+def closed_cycle_inputs(ledger: Ledger, state: LedgerState, period: str) -> tuple[PlanBook, LedgerState]:
+    """What a closed cycle saw: the plans it used (from their registered texts) and the ledger prefix."""
+    cycle = state.cycles[period]
+    return registered_book(state, cycle.plans), load_state(ledger, upto=cycle.ledger_position)
+
+
 def reproduce_cycle(ledger: Ledger, state: LedgerState, period: str) -> CycleResult:
     """Recompute a closed cycle from the ledger as it stood at its close, with the plans it used."""
-    cycle = state.cycles[period]
-    prefix = load_state(ledger, upto=cycle.ledger_position)
-    return compute_cycle(registered_book(state, cycle.plans), prefix, period, "reproduced")
+    book, prefix = closed_cycle_inputs(ledger, state, period)
+    return compute_cycle(book, prefix, period, "reproduced")
 
 
 def raise_input(results: list[IngestResult]) -> None:
