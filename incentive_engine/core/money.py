@@ -222,6 +222,9 @@ def parse_decimal(value: object) -> Decimal:
         raise MoneyError(f"not a finite number: {value!r}")
     if d.adjusted() > 15:
         raise MoneyError(f"number too large: {value!r}")
+    if d.as_tuple().exponent < -20:  # type: ignore[operator]
+        # '1e-999999999' is twelve characters but a billion digits written out: refuse it
+        raise MoneyError(f"number with too many decimal places: {str(value)[:40]!r}")
     return d
 
 

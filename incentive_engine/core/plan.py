@@ -134,6 +134,8 @@ def parse_plan(text: str, filename: str) -> Plan:
     """Validate a plan file's text; every problem names the file, the key and the reason."""
     try:
         raw = yaml.safe_load(text)
+    except (ValueError, RecursionError, OverflowError) as exc:  # a scalar YAML cannot construct (2000-02-30)
+        raise PlanError(str(Problem(filename, None, "yaml", f"cannot read a value: {exc}"[:300]))) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

@@ -48,7 +48,9 @@ def _decimal(text: str) -> Decimal:
 
 
 def _jsonl_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | None, Problem | None]]:
-    for number, line in enumerate(text.splitlines(), 1):
+    # split at newlines only: str.splitlines() would also split at U+2028, form feeds, ... inside valid JSON
+    for number, line in enumerate(text.split("\n"), 1):
+        line = line.removesuffix("\r")
         if not line.strip():
             continue
         if len(line) > MAX_LINE_CHARS:
@@ -117,6 +119,11 @@ def _csv_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | No
             yield number, record, None
 
 
+def _printable(name: str) -> str:
+    """A field name from the input, safe to print on one line (it can be anything the sender wrote)."""
+    return name if name and name.isprintable() and len(name) <= 64 else repr(name[:64])
+
+
 def _field_problems(source: str, number: int, exc: ValidationError, type_: str) -> list[Problem]:
     out = []
     for err in exc.errors():
@@ -124,7 +131,7 @@ def _field_problems(source: str, number: int, exc: ValidationError, type_: str) 
         if loc and loc[0] == type_:
             loc = loc[1:]
         msg = err["msg"].removeprefix("Value error, ")
-        field = ".".join(loc)
+        field = ".".join(_printable(p) for p in loc)
         if not field and ": " in msg and " " not in msg.split(": ", 1)[0]:
             field, msg = msg.split(": ", 1)
         if err["type"] == "missing":

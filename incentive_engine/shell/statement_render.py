@@ -745,7 +745,7 @@ def statement_csv(st: dict[str, Any]) -> str:
         rows.append(row)
 
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(CSV_COLUMNS)
     for row in rows:
         row["rep_id"] = rep_id

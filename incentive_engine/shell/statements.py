@@ -76,7 +76,7 @@ def payroll_csv(state: LedgerState, period: str) -> str:
     if cycle is None:
         raise CycleError(f"{period} is not closed: close it before exporting it to payroll")
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csv.writer(buf, lineterminator="\r\n")
     w.writerow(["period", "rep_id", "name", "currency", "payable", "carried_out"])
     for t in cycle.totals:
         rep = state.reps.get(t["rep_id"])
