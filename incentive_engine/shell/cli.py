@@ -103,7 +103,10 @@ def init(ctx: typer.Context) -> None:
     """Create or upgrade the ledger schema (migrations); safe to run again."""
     s = _settings(ctx)
     s.new_ledger(create=True).init()
-    render.out.print(f"Ledger schema is at head on {s.db}")
+    from sqlalchemy.engine import make_url
+
+    shown = make_url(s.db).render_as_string(hide_password=True)  # never print a password
+    render.out.print(f"Ledger schema is at head on {shown}", highlight=False)
 
 
 @app.command()
