@@ -41,8 +41,10 @@ def _day(offset: int) -> str:
 @st.composite
 def ledgers(draw) -> list[str]:
     """A valid ledger: 3 reps, a few contracts and random later facts, as JSON lines."""
-    lines = [json.dumps({"type": "rep.hired", "effective": "2025-01-01", "rep_id": r, "name": r, "role": "rep"})
-             for r in ("R1", "R2", "R3")]
+    lines = [
+        json.dumps({"type": "rep.hired", "effective": "2025-01-01", "rep_id": r, "name": r, "role": "rep"})
+        for r in ("R1", "R2", "R3")
+    ]
     n = draw(st.integers(1, 4))
     for i in range(n):
         cid = f"C{i}"
@@ -51,9 +53,20 @@ def ledgers(draw) -> list[str]:
         cur = draw(st.sampled_from(["CNY", "JPY"]))
         acv = draw(st.integers(1000, 2_000_000))
         seller = draw(st.sampled_from(["R1", "R2", "R3"]))
-        lines.append(json.dumps({"type": "contract.signed", "effective": _day(signed), "contract_id": cid,
-                                 "account_id": "A" + cid, "rep_id": seller, "acv": str(acv), "currency": cur,
-                                 "term_months": term}))
+        lines.append(
+            json.dumps(
+                {
+                    "type": "contract.signed",
+                    "effective": _day(signed),
+                    "contract_id": cid,
+                    "account_id": "A" + cid,
+                    "rep_id": seller,
+                    "acv": str(acv),
+                    "currency": cur,
+                    "term_months": term,
+                }
+            )
+        )
         churn = draw(st.one_of(st.none(), st.integers(signed + 1, signed + 1500)))
         horizon = churn if churn is not None else signed + 1600
         for _ in range(draw(st.integers(0, 3))):
@@ -62,27 +75,77 @@ def ledgers(draw) -> list[str]:
             if churn is not None and when >= churn:
                 continue
             if kind == "renew":
-                lines.append(json.dumps({"type": "contract.renewed", "effective": _day(when), "contract_id": cid,
-                                         "acv": str(draw(st.integers(1000, 3_000_000))), "term_months": 12}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "type": "contract.renewed",
+                            "effective": _day(when),
+                            "contract_id": cid,
+                            "acv": str(draw(st.integers(1000, 3_000_000))),
+                            "term_months": 12,
+                        }
+                    )
+                )
             elif kind == "expand":
-                lines.append(json.dumps({"type": "contract.expanded", "effective": _day(when), "contract_id": cid,
-                                         "acv_delta": str(draw(st.integers(1, 500_000)))}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "type": "contract.expanded",
+                            "effective": _day(when),
+                            "contract_id": cid,
+                            "acv_delta": str(draw(st.integers(1, 500_000))),
+                        }
+                    )
+                )
             elif kind == "cost":
-                lines.append(json.dumps({"type": "service.cost", "effective": _day(when), "contract_id": cid,
-                                         "amount": str(draw(st.integers(0, 600_000)))}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "type": "service.cost",
+                            "effective": _day(when),
+                            "contract_id": cid,
+                            "amount": str(draw(st.integers(0, 600_000))),
+                        }
+                    )
+                )
             else:
-                lines.append(json.dumps({"type": "contract.reassigned", "effective": _day(when), "contract_id": cid,
-                                         "rep_id": draw(st.sampled_from(["R1", "R2", "R3"]))}))
+                lines.append(
+                    json.dumps(
+                        {
+                            "type": "contract.reassigned",
+                            "effective": _day(when),
+                            "contract_id": cid,
+                            "rep_id": draw(st.sampled_from(["R1", "R2", "R3"])),
+                        }
+                    )
+                )
         if churn is not None:
             lines.append(json.dumps({"type": "contract.churned", "effective": _day(churn), "contract_id": cid}))
     if draw(st.booleans()):
-        lines.append(json.dumps({"type": "compliance.violation", "effective": _day(draw(st.integers(0, 1500))),
-                                 "rep_id": draw(st.sampled_from(["R1", "R2", "R3"])), "severity": "veto",
-                                 "description": "finding"}))
+        lines.append(
+            json.dumps(
+                {
+                    "type": "compliance.violation",
+                    "effective": _day(draw(st.integers(0, 1500))),
+                    "rep_id": draw(st.sampled_from(["R1", "R2", "R3"])),
+                    "severity": "veto",
+                    "description": "finding",
+                }
+            )
+        )
     for r in ("R1", "R2"):
         if draw(st.booleans()):
-            lines.append(json.dumps({"type": "scorecard.published", "effective": "2027-01-01", "rep_id": r,
-                                     "year": 2026, "composite": str(draw(st.integers(0, 150)))}))
+            lines.append(
+                json.dumps(
+                    {
+                        "type": "scorecard.published",
+                        "effective": "2027-01-01",
+                        "rep_id": r,
+                        "year": 2026,
+                        "composite": str(draw(st.integers(0, 150))),
+                    }
+                )
+            )
     return lines
 
 
@@ -151,7 +214,9 @@ def _records(sim: Sim):
         data = {"type": e.type, "effective": e.effective.isoformat(), **json.loads(json.dumps(to_payload(e)))}
         if e.event_id:
             data["event_id"] = e.event_id
-        yield Recorded(rec.position, rec.recorded_at, rec.stream_id, rec.stream_version, ANY_ADAPTER.validate_python(data))
+        yield Recorded(
+            rec.position, rec.recorded_at, rec.stream_id, rec.stream_version, ANY_ADAPTER.validate_python(data)
+        )
 
 
 @PROPS

@@ -298,11 +298,17 @@ def test_worked_example_through_the_core():
 
 def test_a_second_renewal_on_the_same_date_corrects_the_first():
     sim = Sim()
-    sim.ingest(HIRE + signed() + """
+    sim.ingest(
+        HIRE
+        + signed()
+        + """
         {"type":"contract.renewed","effective":"2027-01-15","contract_id":"C1","acv":"1500000.00","term_months":12}
-    """)
+    """
+    )
     assert [x["amount"] for x in sim.close("2027-01")["lines"] if "renewal" in x["obligation"]] == ["45000.00"]
-    sim.ingest('{"type":"contract.renewed","effective":"2027-01-15","contract_id":"C1","acv":"1000000.00","term_months":12}')
+    sim.ingest(
+        '{"type":"contract.renewed","effective":"2027-01-15","contract_id":"C1","acv":"1000000.00","term_months":12}'
+    )
     lines = [(x["kind"], x["amount"]) for x in sim.close("2027-02")["lines"] if "renewal" in x["obligation"]]
     assert lines == [("clawback", "-15000.00")]
     assert sim.close("2027-03")["lines"] == []

@@ -22,9 +22,14 @@ def _default(value: Any) -> Any:
     raise TypeError(f"cannot encode {type(value).__name__} canonically")
 
 
+# One encoder for every call: json.dumps with options builds a new JSONEncoder each time (a third of
+# the cost for a small payload). Same options, same bytes.
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+
+
 def canonical_json(value: Any) -> str:
     """Sorted keys, no whitespace, UTF-8 text, Decimals and dates as strings."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=_default)
+    return _ENCODER.encode(value)
 
 
 def sha256_hex(text: str) -> str:

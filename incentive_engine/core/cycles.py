@@ -85,12 +85,29 @@ def paid_history(state: LedgerState, before_period: str) -> PaidHistory:
 def compute_cycle(book: PlanBook, state: LedgerState, period: str, status: str = "preview") -> CycleResult:
     """The cycle for ``period`` from the state as known (only closed cycles before ``period`` count as paid)."""
     as_of = period_end(period)
-    history = paid_history(state, period)
-    evaluations = evaluate_all(book, state, as_of)
+    return cycle_from(book, period, status, evaluate_all(book, state, as_of), paid_history(state, period))
+
+
+def cycle_from(
+    book: PlanBook,
+    period: str,
+    status: str,
+    evaluations: list[Evaluation],
+    history: PaidHistory,
+    plans_seen: dict[str, str] | None = None,
+) -> CycleResult:
+    """The true-up, netting and carry-forward of ``period`` from its evaluations and what was paid before.
+
+    ``compute_cycle`` passes every obligation due. An incremental close passes only the obligations whose
+    facts changed, the newly due and the held ones, plus the unchanged forfeited ones (which are listed in
+    every cycle): an unchanged earned obligation was paid exactly its earned amount by the last cycle, so
+    it has no line and is not listed. ``plans_seen`` are the plans of the obligations left out (the last
+    cycle's plans); ``evaluations`` must be sorted as ``evaluate_all`` sorts them."""
+    as_of = period_end(period)
     lines: list[Line] = []
     listed: list[tuple[Evaluation, Decimal]] = []
     by_hash = book.by_hash()
-    plans: dict[str, str] = {}
+    plans: dict[str, str] = dict(plans_seen or {})
     for ev in evaluations:
         ob = ev.obligation
         if ob.plan_hash and ob.plan_hash not in plans:

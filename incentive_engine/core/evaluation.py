@@ -18,12 +18,19 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from functools import lru_cache
 from typing import Literal
 
-from .dates import add_days, add_years
+from . import dates
+from .dates import add_days
+from .events import Event
 from .money import CONTEXT, ZERO, round_money, split_minor_units
 from .plan import Plan, PlanBook
 from .projections import Contract, LedgerState, Renewal
+
+# Pure calendar arithmetic, memoised: pendulum takes microseconds a call and an evaluation asks for the
+# same few thousand dates again and again (a cache of a pure function cannot change a result).
+add_years = lru_cache(maxsize=1 << 16)(dates.add_years)
 
 Status = Literal["earned", "held", "forfeited"]
 Kind = Literal["upfront", "tranche", "renewal", "manual"]
@@ -131,15 +138,12 @@ def obligations_of(contract: Contract, plan: Plan, state: LedgerState, as_of: da
 # --- named rules (reference-plan.md) ---------------------------------------------------------------
 
 
-def _vetoes(ctx: Context) -> list:
-    return [v for v in ctx.state.violations if v.severity == "veto" and v.effective <= ctx.as_of]
-
-
 @rule("contract_veto")
 def contract_veto(ctx: Context) -> Outcome | None:
     """A veto naming this contract, effective <= as-of: nothing of the contract is earned."""
-    for v in _vetoes(ctx):
-        if v.contract_id == ctx.contract.contract_id:
+    # the contract's own vetoes (severity veto), in ledger order: the first match of a scan of all findings
+    for v in ctx.state.vetoes_by()[0].get(ctx.contract.contract_id, ()):
+        if v.effective <= ctx.as_of:
             return (
                 "forfeited",
                 "compliance_veto",
@@ -153,8 +157,8 @@ def contract_veto(ctx: Context) -> Outcome | None:
 def rep_veto(ctx: Context) -> Outcome | None:
     """A veto of the seller dated between signing and vesting forfeits the tranche."""
     c, vest = ctx.contract, ctx.obligation.due
-    for v in _vetoes(ctx):
-        if v.rep_id == c.seller and c.signed <= v.effective <= vest:
+    for v in ctx.state.vetoes_by()[1].get(c.seller, ()):  # the seller's vetoes, in ledger order
+        if v.effective <= ctx.as_of and c.signed <= v.effective <= vest:
             return (
                 "forfeited",
                 "compliance_veto",
@@ -335,15 +339,19 @@ def _earned_tranche(ctx: Context) -> Evaluation:
     return Evaluation(ob, "earned", earned, "earned", "tranche", factors, tuple(sorted(set(facts))), "; ".join(details))
 
 
-def evaluate_all(book: PlanBook, state: LedgerState, as_of: date) -> list[Evaluation]:
-    """Every obligation due on or before as_of, evaluated; sorted by payee, contract, obligation."""
+def evaluate_all(
+    book: PlanBook, state: LedgerState, as_of: date, select: Callable[[Obligation], bool] | None = None
+) -> list[Evaluation]:
+    """Every obligation due on or before as_of, evaluated; sorted by payee, contract, obligation.
+    ``select`` narrows it to some of the contracts' obligations (manual adjustments are always in)."""
     out: list[Evaluation] = []
     for contract in state.contracts.values():
         if contract.signed > as_of:
             continue
         plan = book.in_force(contract.signed)
         for ob in obligations_of(contract, plan, state, as_of):
-            out.append(evaluate_obligation(plan, state, as_of, contract, ob))
+            if select is None or select(ob):
+                out.append(evaluate_obligation(plan, state, as_of, contract, ob))
     for adj in state.adjustments:
         if adj.effective <= as_of:
             ob = Obligation(
@@ -370,3 +378,61 @@ def evaluate_all(book: PlanBook, state: LedgerState, as_of: date) -> list[Evalua
             )
     out.sort(key=lambda e: (e.obligation.rep_id, e.obligation.contract_id or "", e.obligation.obligation_id))
     return out
+
+
+# --- what a fact can change (for incremental cycles) ------------------------------------------------
+#
+# An obligation's evaluation is a function of the facts the rules above read. A closed cycle's evaluations
+# therefore stay valid until one of those facts changes, and an incremental close (shell.obligations)
+# re-evaluates only what a new or newly visible fact can reach. The map below is that knowledge, kept
+# beside the rules it describes: a rule that starts reading another kind of fact must be declared here
+# (tests compare incremental and full closes over random ledgers). Scopes, with d the fact's date:
+#   ("contract", C)               every obligation of contract C
+#   ("contract_from", C, d)       C's obligations due on or after d, including ones the fact creates
+#   ("evaluated_from", C, d)      C's obligations already evaluated by a cycle and due on or after d
+#   ("seller_from", R, d)         obligations already evaluated of contracts R sold, due on or after d
+#   ("payee_from", R, d)          obligations already evaluated that pay R, due on or after d
+#   ("seller_tranche_year", R, Y) tranches already evaluated of contracts R sold, vesting in year Y
+# Obligations that become due are always evaluated, held ones too, and manual adjustments.
+
+Scope = tuple[str, ...]
+
+
+def costs_needed_from(book: PlanBook, due: date) -> date:
+    """The earliest service cost the rules read for an obligation due on ``due`` (the service-cost
+    window of any plan in the book): costs before it cannot change that obligation's evaluation. Every
+    other fact of a contract is read whatever its date."""
+    start = due
+    for plan in book.plans:
+        sc = plan.model.release.service_cost
+        if sc.enabled:
+            start = min(start, add_years(due, -sc.window_years))
+    return start
+
+
+def fact_scopes(event: Event) -> tuple[Scope, ...]:
+    """The obligations ``event`` can change, as scopes (see above); () when it changes none."""
+    t = event.type
+    d = event.effective.isoformat()
+    if t in ("contract.signed", "contract.churned"):  # a new contract; early_churn reaches the up-front
+        return (("contract", event.contract_id),)  # type: ignore[attr-defined]
+    if t == "contract.renewed":  # its renewal obligation; the ACV and term of tranches vesting from d
+        return (("contract_from", event.contract_id, d),)  # type: ignore[attr-defined]
+    if t in ("contract.expanded", "contract.reassigned", "service.cost"):
+        # ACV(V) and service costs up to V; the owner of renewals from d: only obligations due from d
+        return (("evaluated_from", event.contract_id, d),)  # type: ignore[attr-defined]
+    if t == "rep.terminated":  # bad_leaver: the seller's tranches vesting from d; no_owner: the payee's renewals
+        return (("seller_from", event.rep_id, d), ("payee_from", event.rep_id, d))  # type: ignore[attr-defined]
+    if t == "compliance.violation":
+        if event.severity != "veto":  # type: ignore[attr-defined]
+            return ()  # the rules read vetoes only
+        scopes: tuple[Scope, ...] = (("seller_from", event.rep_id, d),)  # type: ignore[attr-defined]  # rep_veto
+        cid = event.contract_id  # type: ignore[attr-defined]
+        return (*scopes, ("contract", cid)) if cid else scopes  # contract_veto: every obligation of cid
+    if t == "scorecard.published":  # the score factor of tranches vesting the year after
+        return (("seller_tranche_year", event.rep_id, str(event.year + 1)),)  # type: ignore[attr-defined]
+    if t in ("rep.hired", "target.set", "kpi.measured", "adjustment.recorded", "plan.registered", "cycle.closed"):
+        # no rule reads hires, targets or KPIs (scorecards do, and reach cycles as scorecard.published);
+        # adjustments are always evaluated afresh; plans and cycles are compared by the close itself
+        return ()
+    raise ValueError(f"no declared scope for facts of type {t}")

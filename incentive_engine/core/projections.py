@@ -12,10 +12,11 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
+from . import dates
 from .canonical import canonical_json, sha256_hex
-from .dates import term_end
 from .events import (
     AdjustmentRecorded,
     ComplianceViolation,
@@ -34,6 +35,10 @@ from .events import (
     ServiceCost,
     TargetSet,
 )
+
+# A pure function of two values, memoised: pendulum's month arithmetic takes microseconds a call, and
+# term ends are asked for again and again by every evaluation of a tranche.
+term_end = lru_cache(maxsize=1 << 16)(dates.term_end)
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,8 +222,28 @@ class LedgerState:
     cycles: dict[str, ClosedCycle] = field(default_factory=dict)
     plans: dict[str, RegisteredPlan] = field(default_factory=dict)
     stream_versions: dict[str, int] = field(default_factory=dict)
+    # derived, not state: vetoes by contract and by rep (see ``vetoes_by``); not dumped, not compared
+    _veto_index: tuple[int, dict[str, list[Violation]], dict[str, list[Violation]]] | None = field(
+        default=None, repr=False, compare=False
+    )
 
     # --- queries used by rules and scorecards ---
+
+    def vetoes_by(self) -> tuple[dict[str, list[Violation]], dict[str, list[Violation]]]:
+        """Veto violations by contract and by rep, each list in ledger order (as ``violations``). Built
+        on first use and again whenever ``violations`` has grown (it only ever grows), so the rules look
+        up a contract's or a seller's vetoes instead of scanning every finding for every obligation."""
+        index = self._veto_index
+        if index is None or index[0] != len(self.violations):
+            by_contract: dict[str, list[Violation]] = {}
+            by_rep: dict[str, list[Violation]] = {}
+            for v in self.violations:
+                if v.severity == "veto":
+                    by_rep.setdefault(v.rep_id, []).append(v)
+                    if v.contract_id is not None:
+                        by_contract.setdefault(v.contract_id, []).append(v)
+            index = self._veto_index = (len(self.violations), by_contract, by_rep)
+        return index[1], index[2]
 
     def violations_of(self, rep_id: str) -> list[Violation]:
         return [v for v in self.violations if v.rep_id == rep_id]
@@ -271,12 +296,28 @@ class Projector:
             raise TypeError(f"no projection for event type {e.type}")
         handler(s, e, pos, rec)
 
+    def apply_values(self, position: int, stream_id: str, stream_version: int, type_: str, values: Any) -> None:
+        """The same step for a business fact given as its field values (any object with the event's
+        attributes, already typed: dates, Decimals) rather than as a validated event: a full replay of
+        rows already validated on their way in skips building millions of event objects. The engine's
+        own events (which need their ``Recorded``) go through ``apply``."""
+        s = self.state
+        s.position = position
+        s.stream_versions[stream_id] = stream_version
+        _FACT_HANDLERS[type_](s, values, position, None)
+
 
 def _insort(items: list[Any], item: Any, key: Any) -> None:
-    """Keep lists in (effective, position) order even when facts arrive late."""
-    items.append(item)
-    if len(items) > 1 and key(items[-2]) > key(item):
-        items.sort(key=key)
+    """Keep lists in (effective, position) order even when facts arrive late. Every item here has
+    ``effective`` and ``position``; comparing them directly (not through ``key``) keeps the common case,
+    a fact later than the last one, cheap: this runs for most events of a replay."""
+    if items:
+        last = items[-1]
+        items.append(item)
+        if last.effective > item.effective or (last.effective == item.effective and last.position > item.position):
+            items.sort(key=key)
+    else:
+        items.append(item)
 
 
 def _fact_key(f: Fact) -> tuple[date, int]:
@@ -371,6 +412,14 @@ _HANDLERS: dict[type[Event], Any] = {
     AdjustmentRecorded: _adjustment,
     CycleClosed: _cycle,
     PlanRegistered: _plan,
+}
+
+
+# business facts by type name, for ``Projector.apply_values``
+_FACT_HANDLERS: dict[str, Any] = {
+    cls.model_fields["type"].annotation.__args__[0]: handler  # type: ignore[union-attr]
+    for cls, handler in _HANDLERS.items()
+    if cls not in (CycleClosed, PlanRegistered)
 }
 
 

@@ -5,7 +5,9 @@ interrupted one leaves nothing behind."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import gc
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,10 +16,11 @@ from ..core.cycles import CycleResult, compute_cycle, cycle_event, lines_from_js
 from ..core.dates import parse_period, period_end
 from ..core.events import Event, PlanRegistered, to_payload
 from ..core.plan import PlanBook
-from ..core.projections import LedgerState, Projector, project
+from ..core.projections import LedgerState, Projector, Recorded, project
 from ..core.reading import read_events
 from ..core.validation import check_batch
 from ..errors import CycleError, InputError, Problem
+from . import obligations
 from .plans import book_from_registered
 from .store import Ledger, Writer
 
@@ -51,14 +54,27 @@ def current_state(ledger: Ledger, writer: Writer | None = None) -> LedgerState:
     cached = _PROJECTIONS.get(ledger.url)
     if cached is None or not _still_there(ledger, cached):
         cached = _Projection(0, "", Projector())
-    for rec in source.read(after=cached.position):
-        cached.projector.apply(rec)
+    # trusted fold (no pydantic re-validation, no event objects): every row was validated on its way in,
+    # the database refuses updates, and tampering is what `audit verify` is for
+    with _gc_paused():
+        source.fold(cached.projector, after=cached.position)
     state = cached.projector.state
     if state.position != cached.position:
         cached.position = state.position
         cached.hash = _hash_at(ledger, state.position)
     _PROJECTIONS[ledger.url] = cached
     return state
+
+
+def _advance(ledger: Ledger, recorded: list[Recorded], head_hash: str) -> None:
+    """After a committed append: fold what was just written into this process's projection, so the next
+    operation need not read it back. Only if the projection stood exactly where the append began."""
+    cached = _PROJECTIONS.get(ledger.url)
+    if not recorded or cached is None or cached.position != recorded[0].position - 1:
+        return
+    for rec in recorded:
+        cached.projector.apply(rec)
+    cached.position, cached.hash = recorded[-1].position, head_hash
 
 
 def _hash_at(ledger: Ledger, position: int) -> str:
@@ -97,17 +113,20 @@ def ingest_file(ledger: Ledger, path: Path, progress: Progress | None = None) ->
     parsed, problems = read_events(source, data, progress)
     if not parsed:
         return IngestResult(source, problems=problems)
-    with ledger.writer() as w:
+    with _gc_paused(), ledger.writer() as w:
         state = current_state(ledger, w)
-        new, skipped, found = _deduplicate(ledger, source, parsed)
+        payloads = [canonical_json(to_payload(e)) for _, e in parsed]  # once, for deduplication and append
+        new, skipped, found = _deduplicate(w, source, parsed, payloads)
         problems += found
         # reference rules run on every line that parsed, even when others did not: every error is reported
-        rejections = check_batch(state, [e for _, e in new])
+        rejections = check_batch(state, [e for _, e, _ in new])
         problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
         if problems:
             problems.sort(key=lambda p: p.line or 0)
             raise _Abort(IngestResult(source, skipped=skipped, problems=problems))
-        recorded = w.append([e for _, e in new]) if new else []
+        recorded = w.append([e for _, e, _ in new], payloads=[p for _, _, p in new]) if new else []
+        head_hash = w.head()[1]
+    _advance(ledger, recorded, head_hash)
     return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
 
 
@@ -127,17 +146,18 @@ def ingest_files(ledger: Ledger, paths: list[Path], progress: Progress | None = 
 
 
 def _deduplicate(
-    ledger: Ledger, source: str, parsed: list[tuple[int, Event]]
-) -> tuple[list[tuple[int, Event]], int, list[Problem]]:
-    """Idempotent re-ingest: skip events already in the ledger (by event_id, else by content)."""
-    hashes = [content_hash(e.type, e.effective.isoformat(), canonical_json(to_payload(e))) for _, e in parsed]
+    ledger: Ledger | Writer, source: str, parsed: list[tuple[int, Event]], payloads: list[str]
+) -> tuple[list[tuple[int, Event, str]], int, list[Problem]]:
+    """Idempotent re-ingest: skip events already in the ledger (by event_id, else by content).
+    Returns the new events as (line, event, canonical payload)."""
+    hashes = [content_hash(e.type, e.effective.isoformat(), p) for (_, e), p in zip(parsed, payloads, strict=True)]
     stored_ids = ledger.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
     stored_counts = ledger.content_hash_counts([h for (_, e), h in zip(parsed, hashes, strict=True) if not e.event_id])
     seen_ids: dict[str, tuple[str, int]] = {}
-    new: list[tuple[int, Event]] = []
+    new: list[tuple[int, Event, str]] = []
     problems: list[Problem] = []
     skipped = 0
-    for (line, event), h in zip(parsed, hashes, strict=True):
+    for (line, event), h, payload in zip(parsed, hashes, payloads, strict=True):
         if event.event_id:
             earlier = stored_ids.get(event.event_id)
             if earlier is None and event.event_id in seen_ids:
@@ -170,7 +190,7 @@ def _deduplicate(
             stored_counts[h] -= 1
             skipped += 1
             continue
-        new.append((line, event))
+        new.append((line, event, payload))
     return new, skipped, problems
 
 
@@ -200,19 +220,29 @@ def _check_order(state: LedgerState, period: str) -> None:
 
 
 def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
-    """Evaluate and record the cycle atomically: its plans (when first used) and the cycle in one transaction."""
+    """Evaluate and record the cycle atomically: its plans (when first used) and the cycle in one transaction.
+
+    Incremental when the obligation projection matches the ledger (``shell.obligations``): only what
+    changed since the last close is evaluated. Otherwise the whole state is evaluated and the projection
+    rebuilt; both give what ``compute_cycle`` gives."""
     check_period(period)
-    with ledger.writer() as w:
-        state = current_state(ledger, w)
-        if period in state.cycles:
-            return stored_cycle(ledger, state, period, "already_closed")
-        _check_order(state, period)
-        result = compute_cycle(book, state, period, "closed")
+    with _gc_paused(), ledger.writer() as w:
+        prepared = obligations.incremental(w, book, period, "closed")
+        if prepared is None:
+            state = current_state(ledger, w)
+            if period in state.cycles:
+                return stored_cycle(ledger, state, period, "already_closed")
+            _check_order(state, period)
+            prepared = obligations.full(book, state, period, "closed")
+            registered = set(state.plans)
+        else:
+            registered = obligations.registered_plans(w.conn)
+        result = prepared.result
 
         by_hash = book.by_hash()
         events: list[Event] = []
         for h in sorted(result.plans):
-            if h not in state.plans:
+            if h not in registered:
                 p = by_hash[h]
                 events.append(
                     PlanRegistered(
@@ -225,9 +255,25 @@ def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
                         text=p.text,
                     )
                 )
-        events.append(cycle_event(result, state.position))
-        w.append(events, expected_versions={f"cycle:{period}": 0})
+        events.append(cycle_event(result, w.head()[0]))
+        recorded = w.append(events, expected_versions={f"cycle:{period}": 0})
+        obligations.record(w, book, prepared)
+        head_hash = w.head()[1]
+    _advance(ledger, recorded, head_hash)
     return result
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection during a bulk operation: folding and validating allocate millions of
+    small objects without cycles, and each automatic collection would walk the whole (large) state."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def stored_cycle(ledger: Ledger, state: LedgerState, period: str, status: str = "closed") -> CycleResult:

@@ -46,8 +46,8 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from ..core.canonical import GENESIS_HASH, canonical_json, chain_hash, content_hash, record_text
-from ..core.events import EVENT_CLASSES, Event, from_stored, stream_of, to_payload
-from ..core.projections import Recorded
+from ..core.events import ENGINE_TYPES, EVENT_CLASSES, Event, from_stored, stream_of, to_payload
+from ..core.projections import Projector, Recorded
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
 from .tables import COLUMNS, PG_TRIGGER_FUNCTION, PG_TRUNCATE_TRIGGER, TABLE, TRIGGERS
 
@@ -56,8 +56,11 @@ __all__ = [
     "VerifyReport",
     "Writer",
     "alembic_config",
+    "driver_rows",
     "head_revision",
     "migrations_dir",
+    "read_streams",
+    "read_where",
     "utc_now",
 ]
 
@@ -159,6 +162,7 @@ def _make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous = FULL")  # pay data: every commit reaches the disk
             cur.execute("PRAGMA foreign_keys = ON")
             cur.execute("PRAGMA cache_size = -65536")  # up to 64 MiB of pages: big appends touch many index pages
+            cur.execute("PRAGMA wal_autocheckpoint = 16384")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -265,60 +269,123 @@ def _converter(annotation: Any) -> tuple[bool, Callable[[Any], Any] | None]:
     return False, None
 
 
+@dataclass(frozen=True, slots=True)
+class _FastPlan:
+    """How the fast path rebuilds one event type: the class, the payload fields in model order (with
+    their defaults), which are required, and the converters of the fields that need one."""
+
+    cls: type[Event]
+    template: dict[str, Any]  # every payload field -> its default (required ones: a placeholder)
+    allowed: frozenset[str]
+    required: frozenset[str]
+    converters: tuple[tuple[str, Callable[[Any], Any]], ...]
+
+
 @cache
-def _fast_plan(type_: str) -> tuple[type[Event], tuple[tuple[str, Callable[[Any], Any] | None, Any], ...]] | None:
-    """Per event type: the class and, per payload field, its converter and default; None when a field
-    has a shape the fast path does not know (then that type always goes through ``from_stored``)."""
+def _fast_plan(type_: str) -> _FastPlan | None:
+    """Per event type: the plan above; None when a field has a shape the fast path does not know (then
+    that type always goes through ``from_stored``)."""
     cls = EVENT_CLASSES.get(type_)
     if cls is None:
         return None
-    plan = []
+    template: dict[str, Any] = {}
+    required: set[str] = set()
+    converters: list[tuple[str, Callable[[Any], Any]]] = []
     for name, info in cls.model_fields.items():
         if name in ("type", "effective", "event_id"):
             continue
         supported, conv = _converter(info.annotation)
         if not supported or info.default_factory is not None:
             return None
-        plan.append((name, conv, ... if info.is_required() else info.default))
-    return cls, tuple(plan)
+        if info.is_required():
+            required.add(name)
+            template[name] = None
+        else:
+            template[name] = info.default
+        if conv is not None:
+            converters.append((name, conv))
+    return _FastPlan(cls, template, frozenset(template), frozenset(required), tuple(converters))
 
 
 _set = object.__setattr__
+# The C scanner behind json.loads, called directly: a stored payload is canonical JSON (no whitespace
+# around it), so json.loads' own whitespace checks are skipped; anything else falls back to json.loads.
+_scan_once = json.JSONDecoder().scan_once
+_fromiso = date.fromisoformat
+
+
+def _loads(payload: str) -> Any:
+    try:
+        value, end = _scan_once(payload, 0)
+    except StopIteration:
+        return json.loads(payload)
+    return value if end == len(payload) else json.loads(payload)
 
 
 def _rebuild_trusted(type_: str, effective: str, event_id: str | None, payload: str) -> Event:
     """The fast path: build the frozen event without re-validating it (for rows the caller trusts, e.g.
     just verified). Produces an event equal to ``from_stored``'s; unknown shapes fall back to it."""
     plan = _fast_plan(type_)
-    data = json.loads(payload)
-    if plan is None:
+    data = _loads(payload)
+    if plan is None or not isinstance(data, dict):
         return from_stored(type_, effective, event_id, data)
-    cls, fields = plan
-    values: dict[str, Any] = {"type": type_, "effective": date.fromisoformat(effective), "event_id": event_id}
-    fields_set = {"type", "effective"}
+    keys = data.keys()
+    if not (keys <= plan.allowed and plan.required <= keys):  # a missing or unknown key: let validation say so
+        return from_stored(type_, effective, event_id, data)
+    # fields in model order (dict.update keeps the template's order), then the few conversions
+    values: dict[str, Any] = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template}
+    values.update(data)
+    for name, conv in plan.converters:
+        value = values[name]
+        if value is not None and name in data:  # defaults stay as the model declares them
+            values[name] = conv(value)
+    fields_set = set(keys)
+    fields_set.add("type")
+    fields_set.add("effective")
     if event_id is not None:
         fields_set.add("event_id")
-    known = 0
-    for name, conv, default in fields:
-        if name in data:
-            value = data[name]
-            fields_set.add(name)
-            known += 1
-            if conv is not None and value is not None:
-                value = conv(value)
-        elif default is ...:  # a required field is missing: let validation say so
-            return from_stored(type_, effective, event_id, data)
-        else:
-            value = default
-        values[name] = value
-    if known != len(data):  # a key the event does not have: let validation say so
-        return from_stored(type_, effective, event_id, data)
-    obj = cls.__new__(cls)
+    obj = plan.cls.__new__(plan.cls)
     _set(obj, "__dict__", values)
     _set(obj, "__pydantic_fields_set__", fields_set)
     _set(obj, "__pydantic_extra__", None)
     _set(obj, "__pydantic_private__", None)
     return obj
+
+
+class _Values:
+    """A bag of an event's typed field values, for ``Projector.apply_values``."""
+
+
+_FOLD_DIRECT = frozenset(t for t in EVENT_CLASSES if t not in ENGINE_TYPES)
+
+
+def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
+    """Fold stored rows (``_READ_COLUMNS``) into ``projector`` on the trusted fast path, without building
+    event objects for business facts: each row's fields, typed as ``_rebuild_trusted`` types them, go
+    straight to the projection's handlers. Any row the fast path does not know (a missing or unknown
+    key, an engine event) is rebuilt as an event and applied as usual. Same state as folding
+    ``read(validate=False)`` (a test checks the digests)."""
+    apply_values, apply = projector.apply_values, projector.apply
+    for position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload in rows:
+        plan = _fast_plan(type_) if type_ in _FOLD_DIRECT else None
+        data = _loads(payload) if plan is not None else None
+        if (
+            plan is None
+            or not isinstance(data, dict)
+            or not (data.keys() <= plan.allowed and plan.required <= data.keys())
+        ):
+            event = _rebuild_trusted(type_, effective, event_id, payload)
+            apply(Recorded(position, recorded_at, stream_id, stream_version, event))
+            continue
+        values = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template}
+        values.update(data)
+        for name, conv in plan.converters:
+            value = values[name]
+            if value is not None and name in data:
+                values[name] = conv(value)
+        bag = _Values()
+        bag.__dict__ = values
+        apply_values(position, stream_id, stream_version, type_, bag)
 
 
 def _to_recorded(rows: Iterable[Any], validate: bool) -> Iterator[Recorded]:
@@ -373,6 +440,39 @@ def _read(
     conn: Connection, after: int, upto: int | None, recorded_upto: str | None, validate: bool
 ) -> Iterator[Recorded]:
     return _to_recorded(_stream(conn, _READ_COLUMNS, after, upto, recorded_upto), validate)
+
+
+def read_where(conn: Connection, clause: str, params: Sequence[Any]) -> list[Recorded]:
+    """The events matching an SQL ``clause`` (``?`` placeholders), in position order, rebuilt on the
+    trusted fast path: for the engine's own derived reads (e.g. an incremental close), never for audit."""
+    sql = f"SELECT {_READ_COLUMNS} FROM {TABLE} WHERE {clause} ORDER BY position"
+    if conn.dialect.paramstyle != "qmark":
+        sql = sql.replace("?", "%s")
+    return list(_to_recorded(driver_rows(conn, sql, params), validate=False))
+
+
+def read_streams(
+    conn: Connection, stream_ids: Iterable[str], also: str = "", params: Sequence[Any] = ()
+) -> list[Recorded]:
+    """The events of the given streams (an indexed lookup per stream) that also match the SQL condition
+    ``also`` (with ``params``), rebuilt on the trusted fast path."""
+    out: list[Recorded] = []
+    for chunk in _chunks(stream_ids):
+        clause = f"stream_id IN ({', '.join('?' * len(chunk))})" + (f" AND ({also})" if also else "")
+        out += read_where(conn, clause, [*chunk, *params])
+    return out
+
+
+def driver_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """Plain tuples straight from the driver (no SQLAlchemy Row objects: these reads can be large)."""
+    dbapi = conn.connection.dbapi_connection
+    assert dbapi is not None
+    cur = dbapi.cursor()
+    try:
+        cur.execute(sql, tuple(params))
+        return list(cur.fetchall())
+    finally:
+        cur.close()
 
 
 def _head(conn: Connection) -> tuple[int, str, str | None]:
@@ -539,6 +639,11 @@ class Ledger:
         with engine.connect() as conn:
             yield from _read(conn, after, upto, recorded_upto, validate)
 
+    def fold(self, projector: Projector, after: int = 0) -> None:
+        """Fold every event after position ``after`` into ``projector`` (``fold_rows``: trusted, fast)."""
+        with self._ready().connect() as conn:
+            fold_rows(_stream(conn, _READ_COLUMNS, after), projector)
+
     def read_rows(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
         """Raw rows in position order, columns as ``tables.COLUMNS``: (position, stream_id,
         stream_version, type, effective, event_id, recorded_at, payload, content_hash, hash)."""
@@ -704,6 +809,9 @@ class Writer:
     def read(self, after: int = 0, upto: int | None = None, *, validate: bool = True) -> Iterator[Recorded]:
         return _read(self.conn, after, upto, None, validate)
 
+    def fold(self, projector: Projector, after: int = 0) -> None:
+        fold_rows(_stream(self.conn, _READ_COLUMNS, after), projector)
+
     def stream_versions(self, stream_ids: Iterable[str]) -> dict[str, int]:
         """Current version of each stream (0 for a stream with no events yet)."""
         ids = set(stream_ids)
@@ -718,12 +826,19 @@ class Writer:
     def content_hash_counts(self, hashes: Iterable[str]) -> dict[str, int]:
         return _content_hash_counts(self.conn, hashes)
 
-    def append(self, events: Sequence[Event], expected_versions: Mapping[str, int] | None = None) -> list[Recorded]:
+    def append(
+        self,
+        events: Sequence[Event],
+        expected_versions: Mapping[str, int] | None = None,
+        *,
+        payloads: Sequence[str] | None = None,
+    ) -> list[Recorded]:
         """Append ``events`` in order: positions head+1..., consecutive versions per stream, one
         ``recorded_at`` (never before the last one), chained hashes, one executemany insert.
 
         ``expected_versions`` maps a stream id to the version the caller decided on (0: no events);
-        if any stream has moved on, raise ``ConcurrencyConflict`` and write nothing.
+        if any stream has moved on, raise ``ConcurrencyConflict`` and write nothing. ``payloads``, when
+        given, is ``canonical_json(to_payload(e))`` of each event, already computed by the caller.
         """
         conn = self.conn
         streams = [stream_of(ev) for ev in events]
@@ -742,14 +857,15 @@ class Writer:
         versions = dict(current)
         rows: list[tuple[Any, ...]] = []
         out: list[Recorded] = []
-        for ev, stream_id in zip(events, streams, strict=True):
+        if payloads is None:
+            payloads = [canonical_json(to_payload(ev)) for ev in events]
+        for ev, stream_id, payload in zip(events, streams, payloads, strict=True):
             position += 1
             version = versions[stream_id] + 1
             versions[stream_id] = version
             type_ = ev.type
             effective = ev.effective.isoformat()
             event_id = ev.event_id
-            payload = canonical_json(to_payload(ev))
             prev = chain_hash(
                 prev, RECORD_TEXT(position, stream_id, version, type_, effective, event_id, recorded_at, payload)
             )

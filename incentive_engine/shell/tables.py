@@ -51,7 +51,7 @@ class LedgerEvent(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("stream_id", "stream_version", name="uq_ledger_event_stream_version"),
         UniqueConstraint("event_id", name="uq_ledger_event_event_id"),
-        Index("ix_ledger_event_type", "type"),
+        Index("ix_ledger_event_type_effective", "type", "effective"),  # migration 0002 (was: type alone)
         Index("ix_ledger_event_content_hash", "content_hash"),
         Index("ix_ledger_event_effective", "effective"),
     )
@@ -69,3 +69,48 @@ class LedgerEvent(SQLModel, table=True):
 
 
 ledger_event = LedgerEvent.__table__  # the Core Table, for statements
+
+
+# --- derived data (migration 0002): the obligation projection of incremental cycles ----------------------
+
+META_TABLE = "projection_meta"
+OBLIGATION_TABLE = "obligation_state"
+
+
+class ProjectionMeta(SQLModel, table=True):
+    """Which ``cycle.closed`` event (position and chain hash) and which plan book the derived rows
+    reflect; rows that do not match the ledger are rebuilt from the events (``shell.obligations``)."""
+
+    __tablename__ = META_TABLE  # type: ignore[assignment]
+
+    name: str = Field(sa_column=Column("name", Text, primary_key=True))
+    format: int = Field(sa_column=Column("format", Integer, nullable=False))
+    period: str = Field(sa_column=Column("period", Text, nullable=False))
+    cycle_position: int = Field(sa_column=Column("cycle_position", BigInteger, nullable=False))
+    cycle_hash: str = Field(sa_column=Column("cycle_hash", Text, nullable=False))
+    book: str = Field(sa_column=Column("book", Text, nullable=False))
+    rows: int = Field(sa_column=Column("rows", BigInteger, nullable=False))  # rows of obligation_state
+
+
+class ObligationState(SQLModel, table=True):
+    """One obligation as the last closed cycle left it: paid to date (decimal text), its number of lines,
+    its status and, unless earned, its evaluation as listed (JSON)."""
+
+    __tablename__ = OBLIGATION_TABLE  # type: ignore[assignment]
+    __table_args__ = (
+        Index("ix_obligation_state_contract", "contract_id"),
+        Index("ix_obligation_state_seller", "seller", "kind", "due"),
+        Index("ix_obligation_state_payee", "payee"),
+        Index("ix_obligation_state_status", "status"),
+    )
+
+    obligation_id: str = Field(sa_column=Column("obligation_id", Text, primary_key=True))
+    contract_id: str | None = Field(default=None, sa_column=Column("contract_id", Text, nullable=True))
+    kind: str = Field(sa_column=Column("kind", Text, nullable=False))
+    seller: str = Field(sa_column=Column("seller", Text, nullable=False))
+    payee: str = Field(sa_column=Column("payee", Text, nullable=False))
+    due: str = Field(sa_column=Column("due", Text, nullable=False))
+    status: str = Field(sa_column=Column("status", Text, nullable=False))
+    paid: str = Field(sa_column=Column("paid", Text, nullable=False))
+    lines: int = Field(sa_column=Column("lines", Integer, nullable=False))
+    evaluation: str | None = Field(default=None, sa_column=Column("evaluation", Text, nullable=True))

@@ -1,0 +1,195 @@
+"""The measured phases of the benchmark, each run by ``bench/run.py`` in a fresh process of its own, so
+that its peak memory (``ru_maxrss``) and its timings are its own. Each prints one JSON object on its last
+line of output.
+
+    python bench/phases.py build    DB_URL DATA_DIR LAST_PERIOD   ingest every month and close it (up to LAST_PERIOD)
+    python bench/phases.py close    DB_URL PERIOD                 one monthly close, in a cold process
+    python bench/phases.py verify   DB_URL                        Ledger.verify() alone
+    python bench/phases.py replay   DB_URL                        the full fold (load_state) alone
+    python bench/phases.py peer     DB_URL DATA_DIR               the eventsourcing library: append, then read
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _done(**figures: Any) -> None:
+    figures["rss_mb"] = round(_rss_mb(), 1)
+    print(json.dumps(figures))
+
+
+def build(url: str, data: str, last: str) -> None:
+    """The monthly workflow, in one process: ingest the month's CRM export, close the month."""
+    from incentive_engine.shell import service
+    from incentive_engine.shell.plans import default_rules_dir, load_plans
+    from incentive_engine.shell.store import Ledger
+
+    ledger = Ledger(url)
+    ledger.init()
+    book = load_plans(default_rules_dir())
+    ingest_s, events, closes = 0.0, 0, {}
+    files = sorted(Path(data).glob("*.jsonl"))
+    for path in files:
+        t = time.perf_counter()
+        (result,) = service.ingest_files(ledger, [path])
+        ingest_s += time.perf_counter() - t
+        if result.problems:
+            raise SystemExit(f"{path}: rejected: {result.problems[:3]}")
+        events += result.appended
+        if path.stem < last:
+            t = time.perf_counter()
+            service.close(ledger, book, path.stem)
+            closes[path.stem] = round(time.perf_counter() - t, 3)
+    _done(events=events, ingest_s=round(ingest_s, 2), ingest_eps=round(events / ingest_s), closes=closes)
+
+
+def close(url: str, period: str) -> None:
+    """One monthly close in a process that has not seen the ledger before (as the CLI runs it)."""
+    from incentive_engine.shell import service
+    from incentive_engine.shell.plans import default_rules_dir, load_plans
+    from incentive_engine.shell.store import Ledger
+
+    ledger = Ledger(url)
+    book = load_plans(default_rules_dir())
+    t = time.perf_counter()
+    result = service.close(ledger, book, period)
+    took = time.perf_counter() - t
+    _done(
+        seconds=round(took, 3),
+        status=result.status,
+        lines=len(result.lines),
+        listed=len(result.evaluations),
+        totals=len(result.totals),
+    )
+
+
+def verify(url: str) -> None:
+    from incentive_engine.shell.store import Ledger
+
+    t = time.perf_counter()
+    report = Ledger(url).verify()
+    took = time.perf_counter() - t
+    if not report.ok:
+        raise SystemExit(report.message)
+    _done(events=report.events, seconds=round(took, 3), eps=round(report.events / took))
+
+
+def replay(url: str) -> None:
+    from incentive_engine.core.projections import state_digest
+    from incentive_engine.shell import service
+    from incentive_engine.shell.store import Ledger
+
+    t = time.perf_counter()
+    state = service.load_state(Ledger(url))
+    took = time.perf_counter() - t
+    _done(events=state.position, seconds=round(took, 3), eps=round(state.position / took), digest=state_digest(state))
+
+
+def peer(url: str, data: str) -> None:
+    """The same events, appended and read back with the eventsourcing library (its Application, its
+    default JSON transcoder, its SQLite/PostgreSQL application recorder): one save per monthly batch,
+    as our ingest appends one file per transaction; then every event read back through the notification
+    log and mapped to a domain event object, as our replay rebuilds every event."""
+    import os
+    import uuid
+    from datetime import UTC, date, datetime
+    from decimal import Decimal
+
+    from eventsourcing.application import Application
+    from eventsourcing.domain import DomainEvent
+    from eventsourcing.persistence import Transcoding
+    from sqlalchemy.engine import make_url
+
+    class Fact(DomainEvent):
+        type: str
+        effective: date
+        event_id: str | None
+        fields: dict[str, Any]
+
+    class DateAsISO(Transcoding):
+        type = date
+        name = "date"
+
+        def encode(self, obj: date) -> str:
+            return obj.isoformat()
+
+        def decode(self, data: str) -> date:
+            return date.fromisoformat(data)
+
+    class Peer(Application[uuid.UUID]):
+        def register_transcodings(self, transcoder: Any) -> None:
+            super().register_transcodings(transcoder)
+            transcoder.register(DateAsISO())
+
+    u = make_url(url)
+    if u.get_backend_name() == "sqlite":
+        os.environ.update(PERSISTENCE_MODULE="eventsourcing.sqlite", SQLITE_DBNAME=str(u.database))
+    else:
+        os.environ.update(
+            PERSISTENCE_MODULE="eventsourcing.postgres",
+            POSTGRES_DBNAME=str(u.database),
+            POSTGRES_HOST=u.host or "127.0.0.1",
+            POSTGRES_PORT=str(u.port or 5432),
+            POSTGRES_USER=u.username or "postgres",
+            POSTGRES_PASSWORD=u.password or "",
+        )
+    app = Peer()
+    money = {"acv", "amount", "acv_delta", "value", "composite"}
+    versions: dict[uuid.UUID, int] = {}
+    appended = 0
+    t = time.perf_counter()
+    for path in sorted(Path(data).glob("*.jsonl")):
+        batch = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            d = json.loads(line)
+            stream = (
+                f"contract:{d['contract_id']}"
+                if d["type"].startswith("contract.") or d["type"] == "service.cost"
+                else f"rep:{d['rep_id']}"
+            )
+            oid = uuid.uuid5(uuid.NAMESPACE_URL, stream)
+            versions[oid] = versions.get(oid, 0) + 1
+            fields = {
+                k: Decimal(v) if k in money else v for k, v in d.items() if k not in ("type", "effective", "event_id")
+            }
+            batch.append(
+                Fact(
+                    originator_id=oid, originator_version=versions[oid], timestamp=datetime.now(UTC), type=d["type"],
+                    effective=date.fromisoformat(d["effective"]), event_id=d.get("event_id"), fields=fields,
+                )
+            )  # fmt: skip
+        app.save(*batch)
+        appended += len(batch)
+    append_s = time.perf_counter() - t
+    t = time.perf_counter()
+    read, start = 0, 1
+    while True:
+        page = app.recorder.select_notifications(start, 5000)
+        if not page:
+            break
+        for n in page:
+            app.mapper.to_domain_event(n)
+        read += len(page)
+        start = page[-1].id + 1
+    read_s = time.perf_counter() - t
+    app.close()
+    _done(
+        events=appended, append_s=round(append_s, 2), append_eps=round(appended / append_s),
+        read=read, read_s=round(read_s, 2), read_eps=round(read / read_s),
+    )  # fmt: skip
+
+
+PHASES = {"build": build, "close": close, "verify": verify, "replay": replay, "peer": peer}
+
+if __name__ == "__main__":
+    PHASES[sys.argv[1]](*sys.argv[2:])

@@ -1,0 +1,337 @@
+"""The enterprise-scale benchmark (not a test: `make bench`, or `python bench/run.py --help`).
+
+For each size (S: 1k reps, 20k contracts, ~200k events; M: 10k reps, 200k contracts, ~2M events; five
+years each) and each database (SQLite file, PostgreSQL), on a fresh ledger:
+
+1. build: every month, ingest that month's CRM export (``service.ingest_files``: parsing, validation,
+   deduplication, hash chain, insert, one transaction per file) and close the month, up to October of
+   the fifth year; ingest throughput counts only the ingests;
+2. close: the November close in a fresh process (``service.close``, the engine's work as the CLI calls
+   it) and the December close through the real CLI (``incentive cycle close --format json``, process
+   start and rendering of every listed evaluation included);
+3. verify and replay: ``Ledger.verify()`` (the hash chain from position 1) and the full fold
+   (``service.load_state``), each in a fresh process, once one after the other and once at the same
+   time (two processes: the machine has two cores);
+4. peer: the eventsourcing library appending the same events (one save per monthly batch) to the same
+   kind of database, then reading them all back as domain events; ratios are taken in the same run.
+
+``--growth`` also builds the same organisation over ten years (twice the contracts: the same monthly
+activity over twice the history) and compares the monthly close times of the last year of each.
+
+Every phase runs in its own process; peak memory is that process's maximum RSS. Figures go to stdout
+as tables and to ``bench/results/<run>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(HERE))
+
+from synth import SIZES, Size, doubled, synthesize  # noqa: E402
+
+PG_DEFAULT = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def phase(*args: str) -> dict[str, Any]:
+    """Run one phase in a fresh interpreter; its last output line is its JSON figures."""
+    out = subprocess.run(
+        [sys.executable, str(HERE / "phases.py"), *args], capture_output=True, text=True, cwd=ROOT, check=False
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"phase {args[0]} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def phases_together(*runs: tuple[str, ...]) -> tuple[float, list[dict[str, Any]]]:
+    """Start the phases at once; wall time until the last one ends, and each one's figures."""
+    t = time.perf_counter()
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(HERE / "phases.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for args in runs
+    ]
+    outs = [p.communicate() for p in procs]
+    wall = time.perf_counter() - t
+    for p, (_, err) in zip(procs, outs, strict=True):
+        if p.returncode != 0:
+            raise SystemExit(f"phase failed:\n{err[-3000:]}")
+    return wall, [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+
+
+def cli(url: str, *args: str) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one `incentive` command, output discarded."""
+    exe = Path(sys.executable).with_name("incentive")
+    t = time.perf_counter()
+    proc = subprocess.Popen([str(exe), "--db", url, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - t
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(
+            f"incentive {' '.join(args)} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
+        )
+    return wall, usage.ru_maxrss / 1024
+
+
+# --- databases ----------------------------------------------------------------------------------------
+
+
+class Databases:
+    """Fresh databases for one run: SQLite files in the work directory, PostgreSQL databases on the
+    server (created here, dropped at the end)."""
+
+    def __init__(self, work: Path, pg_url: str) -> None:
+        self.work = work
+        self.pg_url = pg_url
+        self.created: list[str] = []
+
+    def new(self, kind: str, name: str) -> str:
+        if kind == "sqlite":
+            path = self.work / f"{name}.db"
+            for p in path.parent.glob(path.name + "*"):
+                p.unlink()
+            return f"sqlite:///{path}"
+        from sqlalchemy import create_engine
+        from sqlalchemy.engine import make_url
+
+        db = f"bench_{name.lower()}_{uuid.uuid4().hex[:8]}"
+        engine = create_engine(self.pg_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{db}"')
+        engine.dispose()
+        self.created.append(db)
+        return make_url(self.pg_url).set(database=db).render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        if not self.created:
+            return
+        from sqlalchemy import create_engine
+
+        engine = create_engine(self.pg_url, isolation_level="AUTOCOMMIT")
+        with engine.connect() as conn:
+            for db in self.created:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        engine.dispose()
+        self.created.clear()
+
+
+# --- one size on one database -------------------------------------------------------------------------
+
+
+def write_data(size: Size, work: Path) -> tuple[Path, int, list[str]]:
+    data = work / f"data-{size.name}"
+    if data.exists():
+        shutil.rmtree(data)
+    data.mkdir(parents=True)
+    t = time.perf_counter()
+    batches = synthesize(size)
+    periods = []
+    for b in batches:
+        if b.events:
+            with (data / f"{b.period}.jsonl").open("w", encoding="utf-8", newline="\n") as fh:
+                fh.writelines(json.dumps(e, ensure_ascii=False) + "\n" for e in b.events)
+            periods.append(b.period)
+    events = sum(len(b.events) for b in batches)
+    say(f"  generated {events:,} events for {size.name} in {time.perf_counter() - t:.1f} s")
+    return data, events, periods
+
+
+def run_one(size: Size, kind: str, dbs: Databases, data: Path, periods: list[str], peer: bool) -> dict[str, Any]:
+    say(f"  {size.name} on {kind}: build (ingest + close, month by month)")
+    url = dbs.new(kind, f"{size.name}_{kind}")
+    nov, dec = periods[-2], periods[-1]
+    built = phase("build", url, str(data), nov)
+    say(f"    ingest {built['ingest_eps']:,} ev/s; closing {nov} (engine, cold process) and {dec} (CLI)")
+    engine_close = phase("close", url, nov)
+    cli_close_s, cli_close_rss = cli(url, "cycle", "close", dec, "--format", "json")
+    say("    verify, replay (apart, then together)")
+    verified = phase("verify", url)
+    replayed = phase("replay", url)
+    wall, _ = phases_together(("verify", url), ("replay", url))
+    out: dict[str, Any] = {
+        "size": size.name,
+        "db": kind,
+        "events": built["events"],
+        "ingest_eps": built["ingest_eps"],
+        "ingest_s": built["ingest_s"],
+        "build_rss_mb": built["rss_mb"],
+        "closes": built["closes"],
+        "close_engine_s": engine_close["seconds"],
+        "close_engine_rss_mb": engine_close["rss_mb"],
+        "close_listed": engine_close["listed"],
+        "close_lines": engine_close["lines"],
+        "close_cli_s": round(cli_close_s, 3),
+        "close_cli_rss_mb": round(cli_close_rss, 1),
+        "verify_eps": verified["eps"],
+        "verify_rss_mb": verified["rss_mb"],
+        "replay_eps": replayed["eps"],
+        "replay_rss_mb": replayed["rss_mb"],
+        "replay_verify_seq_eps": round(verified["events"] / (verified["seconds"] + replayed["seconds"])),
+        "replay_verify_par_eps": round(verified["events"] / wall),
+        "replay_verify_events": verified["events"],
+    }
+    if peer:
+        say("    peer: eventsourcing append + read")
+        p = phase("peer", dbs.new(kind, f"{size.name}_{kind}_peer"), str(data))
+        out |= {
+            "peer_append_eps": p["append_eps"],
+            "peer_read_eps": p["read_eps"],
+            "peer_rss_mb": p["rss_mb"],
+            "ratio_ingest": round(out["ingest_eps"] / p["append_eps"], 2),
+            "ratio_replay_verify_seq": round(out["replay_verify_seq_eps"] / p["read_eps"], 2),
+            "ratio_replay_verify_par": round(out["replay_verify_par_eps"] / p["read_eps"], 2),
+        }
+    dbs.drop_all()
+    return out
+
+
+def run_growth(size: Size, kind: str, dbs: Databases, work: Path) -> dict[str, Any]:
+    """The same org and monthly activity over 5 and over 10 years: close times of each last year."""
+    out: dict[str, Any] = {"size": size.name, "db": kind}
+    for s in (size, doubled(size)):
+        data, _, periods = write_data(s, work)
+        say(f"  growth: {s.name} ({s.years} years) on {kind}")
+        built = phase("build", dbs.new(kind, f"{s.name}_growth"), str(data), "9999-12")
+        last_year = [t for p, t in built["closes"].items() if p.startswith(periods[-1][:4])]
+        out[f"{s.years}y"] = {
+            "events": built["events"],
+            "close_last_year_mean_s": round(statistics.mean(last_year), 3),
+            "close_last_year_max_s": max(last_year),
+            "closes": built["closes"],
+        }
+        dbs.drop_all()
+        shutil.rmtree(data)
+    five, ten = out[f"{size.years}y"], out[f"{2 * size.years}y"]
+    out["ratio_mean"] = round(ten["close_last_year_mean_s"] / five["close_last_year_mean_s"], 2)
+    return out
+
+
+# --- output -------------------------------------------------------------------------------------------
+
+
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        "size db         events  ingest ev/s  verify ev/s  replay ev/s  replay+verify ev/s  close s       "
+        "peak RSS MB (build/close/verify/replay)"
+    )
+    sub = "                                                                seq   |  parallel  engine | CLI"
+    lines = [head, sub, "-" * len(head)]
+    for r in rows:
+        lines.append(
+            f"{r['size']:<4} {r['db']:<9} {r['events']:>8,} {r['ingest_eps']:>11,} {r['verify_eps']:>12,} "
+            f"{r['replay_eps']:>12,} {r['replay_verify_seq_eps']:>8,} | {r['replay_verify_par_eps']:>8,} "
+            f"{r['close_engine_s']:>6.2f} | {r['close_cli_s']:>5.2f}  "
+            f"{r['build_rss_mb']:.0f}/{r['close_engine_rss_mb']:.0f}/{r['verify_rss_mb']:.0f}/{r['replay_rss_mb']:.0f}"
+        )
+    peers = [r for r in rows if "peer_append_eps" in r]
+    if peers:
+        lines += ["", "peer: eventsourcing " + _peer_version(), "size db        peer append ev/s  peer read ev/s  "
+                  "ingest/append  replay+verify/read (seq | parallel)", "-" * 100]  # fmt: skip
+        for r in peers:
+            lines.append(
+                f"{r['size']:<4} {r['db']:<9} {r['peer_append_eps']:>16,} {r['peer_read_eps']:>15,} "
+                f"{r['ratio_ingest']:>13.2f}x {r['ratio_replay_verify_seq']:>10.2f}x | "
+                f"{r['ratio_replay_verify_par']:.2f}x"
+            )
+    return "\n".join(lines)
+
+
+def _peer_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("eventsourcing")
+    except Exception:  # pragma: no cover - the peer is optional
+        return "(not installed)"
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        kb = int(Path("/proc/meminfo").read_text().split()[1])
+        mem = f", {kb / 1024 / 1024:.0f} GB RAM"
+    except (OSError, ValueError, IndexError):
+        pass
+    return f"{cpu}, {os.cpu_count()} cores{mem}; {platform.platform()}; Python {platform.python_version()}"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size", default="S", help="S, M, both, or XS (a smoke run)")
+    ap.add_argument("--db", default="both", choices=["sqlite", "postgres", "both"])
+    ap.add_argument(
+        "--pg-url", default=os.environ.get("INCENTIVE_BENCH_PG", PG_DEFAULT), help="server to create databases on"
+    )
+    ap.add_argument("--no-peer", action="store_true", help="skip the eventsourcing comparison")
+    ap.add_argument("--growth", action="store_true", help="also compare 5 and 10 years of history (SQLite)")
+    ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
+    args = ap.parse_args()
+
+    sizes = ["S", "M"] if args.size == "both" else [args.size]
+    kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
+    work = args.work or Path(tempfile.mkdtemp(prefix="incentive-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    dbs = Databases(work, args.pg_url)
+    say(f"machine: {machine()}\nwork directory: {work}")
+    rows: list[dict[str, Any]] = []
+    growth: list[dict[str, Any]] = []
+    started = time.strftime("%Y-%m-%dT%H-%M-%S")
+    try:
+        for name in sizes:
+            size = SIZES[name]
+            data, _, periods = write_data(size, work)
+            for kind in kinds:
+                rows.append(run_one(size, kind, dbs, data, periods, not args.no_peer))
+                print(table(rows[-1:]), flush=True)
+            shutil.rmtree(data)
+            if args.growth:
+                growth.append(run_growth(size, "sqlite", dbs, work))
+    finally:
+        dbs.drop_all()
+    print("\n" + machine())
+    print(table(rows))
+    for g in growth:
+        y5, y10 = g[f"{SIZES[g['size']].years}y"], g[f"{2 * SIZES[g['size']].years}y"]
+        print(
+            f"\ngrowth ({g['size']}, {g['db']}): mean monthly close in the last year, "
+            f"{y5['events']:,} events (5 years): {y5['close_last_year_mean_s']:.3f} s; "
+            f"{y10['events']:,} events (10 years): {y10['close_last_year_mean_s']:.3f} s; ratio {g['ratio_mean']:.2f}"
+        )
+    results = HERE / "results"
+    results.mkdir(exist_ok=True)
+    out = results / f"{started}-{'-'.join(sizes)}-{'-'.join(kinds)}.json"
+    out.write_text(json.dumps({"machine": machine(), "rows": rows, "growth": growth}, indent=1))
+    say(f"figures written to {out}")
+    if args.work is None:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

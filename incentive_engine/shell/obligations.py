@@ -1,0 +1,417 @@
+"""Incremental payout cycles: the obligation projection, kept in the ledger's database.
+
+A cycle evaluates every obligation due by its as-of date, so a full close costs in proportion to
+everything ever signed. Yet between two closes, an obligation's evaluation can change only if a fact its
+rules read changed (``core.evaluation.fact_scopes``), if it became due, or if it is held (the grace
+period runs on the calendar). An unchanged earned obligation was paid its earned amount by the last
+cycle (that is the true-up), so it has no line and is not listed; an unchanged forfeited one is listed
+again exactly as before. So a close needs only:
+
+- the contracts touched by the facts that are new or newly visible since the last close (recorded after
+  the position it saw, or effective after its as-of date), by contracts newly vesting a tranche, and by
+  held obligations: their streams are read by ``stream_id`` and folded with the core projector;
+- the reps' terminations, compliance findings, scorecards and manual adjustments (small, by type);
+- for each obligation evaluated so far, one row of ``obligation_state``: paid to date, number of lines,
+  status at the last close and, when not earned, its evaluation as listed.
+
+``obligation_state`` and ``projection_meta`` are derived data, never a source of truth. They are written
+in the same transaction as the ``cycle.closed`` event they reflect, and the meta row names that event's
+position and chain hash and the plan versions used. When that row's hash differs (or the cycle is not
+the last one, or the plans changed, or the format is older), the close runs in full from the events and
+rebuilds the projection. ``audit verify`` and ``audit reproduce`` never read it (reproduce replays the
+ledger prefix). ``compute_cycle`` over the full state gives the same result; the tests check it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import date, timedelta
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import bindparam, text
+from sqlalchemy.engine import Connection
+
+from ..core.canonical import canonical_json
+from ..core.cycles import CycleResult, Line, PaidHistory, cycle_from, paid_history
+from ..core.dates import period_end
+from ..core.evaluation import Evaluation, Obligation, add_years, costs_needed_from, evaluate_all, fact_scopes
+from ..core.money import ZERO
+from ..core.plan import PlanBook
+from ..core.projections import LedgerState, Projector, Recorded, Renewal
+from .store import Writer, driver_rows, read_streams, read_where
+from .tables import META_TABLE, OBLIGATION_TABLE
+
+FORMAT = 1  # bump when the rows' meaning changes: older projections are then rebuilt
+META_NAME = "obligations"
+IN_CHUNK = 500
+# the reps' facts the rules read (terminations, vetoes, scorecards) and the manual adjustments
+CONTEXT_TYPES = ("rep.hired", "rep.terminated", "compliance.violation", "scorecard.published", "adjustment.recorded")
+
+
+def book_key(book: PlanBook) -> str:
+    """Identity of the plan book (which plan governs a contract depends on every plan in it)."""
+    return canonical_json(sorted(p.content_hash for p in book.plans))
+
+
+# --- the evaluation of a listed obligation, stored --------------------------------------------------
+
+
+def evaluation_to_json(ev: Evaluation) -> str:
+    ob = ev.obligation
+    r = ob.renewal
+    return json.dumps(
+        [
+            ob.obligation_id, ob.kind, ob.contract_id, ob.rep_id, ob.currency, ob.due.isoformat(), str(ob.base),
+            ob.plan_hash, ob.tranche,
+            None if r is None else [r.effective.isoformat(), str(r.acv), r.term_months, r.position],
+            ev.status, str(ev.earned), ev.reason, ev.rule, [[k, str(v)] for k, v in ev.factors.items()],
+            list(ev.facts), ev.detail,
+        ],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )  # fmt: skip
+
+
+_scan = json.JSONDecoder().scan_once  # the C scanner: our own compact JSON needs no whitespace handling
+_fromiso = date.fromisoformat
+
+
+def evaluation_from_json(text_: str) -> Evaluation:
+    # every cycle re-lists every forfeited obligation: this runs for each of them, so it stays lean
+    oid, kind, cid, rep, cur, due, base, plan_hash, tranche, r, status, earned, reason, rule, factors, facts, detail = (
+        _scan(text_, 0)[0]
+    )
+    renewal = None if r is None else Renewal(_fromiso(r[0]), Decimal(r[1]), r[2], r[3])
+    ob = Obligation(oid, kind, cid, rep, cur, _fromiso(due), Decimal(base), plan_hash, tranche, renewal)
+    return Evaluation(
+        ob, status, Decimal(earned), reason, rule, {k: Decimal(v) for k, v in factors} if factors else {},
+        tuple(facts), detail,
+    )  # fmt: skip
+
+
+# --- reading the projection -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _LastCycle:
+    period: str
+    position: int
+    hash: str
+    as_of: date
+    ledger_position: int
+    plans: dict[str, str]
+    totals: list[dict[str, Any]]
+
+
+def _last_cycle(conn: Connection) -> _LastCycle | None:
+    # the position from the type index alone, then that one row (never every cycle's payload)
+    position = conn.execute(text("SELECT MAX(position) FROM ledger_event WHERE type = 'cycle.closed'")).scalar()
+    if position is None:
+        return None
+    sql = "SELECT position, hash, payload FROM ledger_event WHERE position = :p"
+    row = conn.execute(text(sql), {"p": position}).one()
+    p = json.loads(row[2])
+    return _LastCycle(
+        p["period"], int(row[0]), str(row[1]), date.fromisoformat(p["as_of"]), int(p["ledger_position"]),
+        dict(p["plans"]), list(p["totals"]),
+    )  # fmt: skip
+
+
+def _meta(conn: Connection) -> tuple[int, str, int, str, str, int] | None:
+    row = conn.execute(
+        text(f"SELECT format, period, cycle_position, cycle_hash, book, rows FROM {META_TABLE} WHERE name = :n"),
+        {"n": META_NAME},
+    ).first()
+    return None if row is None else (int(row[0]), str(row[1]), int(row[2]), str(row[3]), str(row[4]), int(row[5]))
+
+
+def registered_plans(conn: Connection) -> set[str]:
+    """Content hashes of the plans already registered in the ledger."""
+    rows = conn.execute(text("SELECT stream_id FROM ledger_event WHERE type = 'plan.registered'"))
+    return {str(r[0]).removeprefix("plan:") for r in rows}
+
+
+def _chunks(values: Iterable[Any]) -> Iterator[list[Any]]:
+    items = sorted(set(values))
+    for i in range(0, len(items), IN_CHUNK):
+        yield items[i : i + IN_CHUNK]
+
+
+def _in(conn: Connection, sql: str, name: str, values: Iterable[Any], **params: Any) -> Iterator[Any]:
+    stmt = text(sql).bindparams(bindparam(name, expanding=True))
+    for chunk in _chunks(values):
+        yield from conn.execute(stmt, {name: chunk, **params})
+
+
+@dataclass(frozen=True)
+class _Row:
+    paid: Decimal
+    lines: int
+    status: str
+    evaluation: str | None
+
+
+# --- the close ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Prepared:
+    """A cycle, computed and ready to be recorded with ``record``."""
+
+    result: CycleResult
+    evaluated: list[Evaluation]  # fresh evaluations (their rows may change)
+    sellers: dict[str, str]  # contract -> seller, for the rows
+    rows: dict[str, _Row]  # the rows of the evaluated obligations before this cycle
+    full: bool  # evaluated everything: the projection is rebuilt from scratch
+    count: int = 0  # rows in the projection before this cycle (incremental)
+
+
+def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared | None:
+    """The cycle for ``period`` from the projection, or None when the projection cannot be used (missing,
+    stale, other plans) or ``period`` is not after the last closed one (the caller's full path decides)."""
+    conn = w.conn
+    meta = _meta(conn)
+    last = _last_cycle(conn)
+    if meta is None or last is None:
+        return None
+    if meta[:5] != (FORMAT, last.period, last.position, last.hash, book_key(book)):
+        return None  # built at another cycle (or its row no longer carries that hash), or with other plans
+    if conn.execute(text(f"SELECT COUNT(*) FROM {OBLIGATION_TABLE}")).scalar_one() != meta[5]:
+        return None  # rows were removed or added behind the engine's back
+    if period <= last.period:
+        return None
+    head = w.head()[0]
+    as_of = period_end(period)
+    work = _what_changed(conn, book, last, as_of, head)
+
+    # the partial state: the contracts to evaluate and the reps' context, in ledger order; of a contract's
+    # service costs (most of its events) only those the rules can read for the obligations evaluated
+    by_cutoff: dict[date, list[str]] = {}
+    for cid in work.contracts:
+        earliest = work.earliest.get(cid, date.min)
+        cutoff = date.min if earliest == date.min else costs_needed_from(book, earliest).replace(day=1)
+        by_cutoff.setdefault(cutoff, []).append(f"contract:{cid}")
+    records: list[Recorded] = []
+    for cutoff, streams in by_cutoff.items():
+        if cutoff == date.min:
+            records += read_streams(conn, streams)
+        else:
+            records += read_streams(conn, streams, "type <> 'service.cost' OR effective >= ?", (cutoff.isoformat(),))
+    records += read_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
+    state = _fold(records)
+    evaluated = evaluate_all(book, state, as_of, work.selects)
+
+    rows: dict[str, _Row] = {}
+    for oid, paid, lines, st, ev in _in(
+        conn, f"SELECT obligation_id, paid, lines, status, evaluation FROM {OBLIGATION_TABLE} "
+        "WHERE obligation_id IN :ids", "ids", [e.obligation.obligation_id for e in evaluated],
+    ):  # fmt: skip
+        rows[oid] = _Row(Decimal(paid), int(lines), st, ev)
+
+    # unchanged forfeited obligations are listed again, as they were (held ones were evaluated above)
+    fresh = {e.obligation.obligation_id for e in evaluated}
+    listed: list[Evaluation] = []
+    paid = {oid: r.paid for oid, r in rows.items()}
+    counts = {oid: r.lines for oid, r in rows.items()}
+    sql = f"SELECT obligation_id, paid, lines, evaluation FROM {OBLIGATION_TABLE} WHERE status = 'forfeited'"
+    for oid, p, n, ev in driver_rows(conn, sql, ()):  # the longest read of a close: plain driver tuples
+        if oid not in fresh and ev is not None:
+            listed.append(evaluation_from_json(ev))
+            paid[oid], counts[oid] = Decimal(p), int(n)
+
+    evaluations = evaluated + listed
+    evaluations.sort(key=lambda e: (e.obligation.rep_id, e.obligation.contract_id or "", e.obligation.obligation_id))
+    carried = {
+        (t["rep_id"], t["currency"]): Decimal(t["carried_out"]) for t in last.totals if Decimal(t["carried_out"])
+    }  # as paid_history reads them from the last cycle
+    result = cycle_from(book, period, status, evaluations, PaidHistory(paid, counts, carried), last.plans)
+    sellers = {cid: c.seller for cid, c in state.contracts.items()}
+    return Prepared(result, evaluated, sellers, rows, full=False, count=meta[5])
+
+
+def full(book: PlanBook, state: LedgerState, period: str, status: str) -> Prepared:
+    """The cycle from the whole state (``compute_cycle``), keeping every evaluation for a rebuild."""
+    evaluated = evaluate_all(book, state, period_end(period))
+    history = paid_history(state, period)
+    result = cycle_from(book, period, status, evaluated, history)
+    rows = {oid: _Row(p, history.lines.get(oid, 0), "", None) for oid, p in history.paid.items()}
+    sellers = {cid: c.seller for cid, c in state.contracts.items()}
+    return Prepared(result, evaluated, sellers, rows, full=True)
+
+
+def record(w: Writer, book: PlanBook, plan: Prepared) -> None:
+    """After the cycle event is appended (same transaction): bring the rows and the meta row to it."""
+    conn = w.conn
+    position, hash_ = w.head()
+    issued: dict[str, Line] = {x.obligation: x for x in plan.result.lines}
+    changed: list[tuple[Any, ...]] = []
+    count = 0 if plan.full else plan.count
+    for ev in plan.evaluated:
+        ob = ev.obligation
+        old = plan.rows.get(ob.obligation_id)
+        line = issued.get(ob.obligation_id)
+        paid = (old.paid if old else ZERO) + (line.amount if line else ZERO)
+        lines = (old.lines if old else 0) + (1 if line else 0)
+        evaluation = None if ev.status == "earned" else evaluation_to_json(ev)
+        if (
+            not plan.full
+            and old is not None
+            and (old.paid, old.lines, old.status, old.evaluation) == (paid, lines, ev.status, evaluation)
+        ):
+            continue  # unchanged: no write
+        count += old is None or plan.full
+        seller = plan.sellers.get(ob.contract_id, ob.rep_id) if ob.kind != "manual" else ob.rep_id
+        changed.append(
+            (ob.obligation_id, ob.contract_id, ob.kind, seller, ob.rep_id, ob.due.isoformat(), ev.status,
+             str(paid), lines, evaluation)
+        )  # fmt: skip
+    if plan.full:
+        conn.execute(text(f"DELETE FROM {OBLIGATION_TABLE}"))
+    _upsert(conn, changed)
+    params = {
+        "n": META_NAME, "f": FORMAT, "p": plan.result.period, "cp": position, "ch": hash_, "b": book_key(book),
+        "r": count,
+    }  # fmt: skip
+    conn.execute(
+        text(
+            f"INSERT INTO {META_TABLE} (name, format, period, cycle_position, cycle_hash, book, rows) "
+            "VALUES (:n, :f, :p, :cp, :ch, :b, :r) ON CONFLICT (name) DO UPDATE SET format = excluded.format, "
+            "period = excluded.period, cycle_position = excluded.cycle_position, "
+            "cycle_hash = excluded.cycle_hash, book = excluded.book, rows = excluded.rows"
+        ),
+        params,
+    )
+
+
+_COLUMNS = ("obligation_id", "contract_id", "kind", "seller", "payee", "due", "status", "paid", "lines", "evaluation")
+
+
+def _upsert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
+    if not rows:
+        return
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _COLUMNS[1:])
+    sql = (
+        f"INSERT INTO {OBLIGATION_TABLE} ({', '.join(_COLUMNS)}) VALUES ({', '.join([mark] * len(_COLUMNS))}) "
+        f"ON CONFLICT (obligation_id) DO UPDATE SET {updates}"
+    )
+    for i in range(0, len(rows), 10_000):
+        conn.exec_driver_sql(sql, list(rows[i : i + 10_000]))
+
+
+# --- what changed since the last close ----------------------------------------------------------------
+
+
+def _fold(records: list[Recorded]) -> LedgerState:
+    records.sort(key=lambda r: r.position)
+    projector = Projector()
+    for rec in records:
+        projector.apply(rec)
+    return projector.state
+
+
+@dataclass
+class _Work:
+    """What an incremental close evaluates: obligations due from a date (per contract), single
+    obligations, and everything newly due (after the last as-of date)."""
+
+    after: date  # the last cycle's as-of date: obligations due later are new, always evaluated
+    since: dict[str, date]  # contract -> evaluate its obligations due on or after this date
+    ids: set[str]  # and these obligations
+    contracts: set[str]  # the contracts to read (those above, and the ones newly vesting a tranche)
+    earliest: dict[str, date] = field(default_factory=dict)  # contract -> the earliest due date evaluated
+
+    def due_from(self, contract_id: str, day: date) -> None:
+        self.contracts.add(contract_id)
+        self.earliest[contract_id] = min(day, self.earliest.get(contract_id, day))
+
+    def selects(self, ob: Obligation) -> bool:
+        if ob.due > self.after or ob.obligation_id in self.ids:
+            return True
+        since = self.since.get(ob.contract_id or "")
+        return since is not None and ob.due >= since
+
+
+def _what_changed(conn: Connection, book: PlanBook, last: _LastCycle, as_of: date, head: int) -> _Work:
+    """The obligations that may evaluate differently at ``as_of`` than at the last close: those reached
+    (``fact_scopes``) by facts recorded since the position it saw, or effective since its as-of date."""
+    seen, before = last.ledger_position, last.as_of
+    changed = read_where(conn, "position > ? AND position <= ?", (seen, head))
+    # facts recorded before the last close but effective since its as-of date: positions first (from the
+    # effective index alone, which holds the position), then those few rows
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    sql = f"SELECT position FROM ledger_event WHERE effective > {mark} AND effective <= {mark} AND position <= {mark}"
+    ahead = [p for (p,) in driver_rows(conn, sql, (before.isoformat(), as_of.isoformat(), seen))]
+    for i in range(0, len(ahead), 500):
+        chunk = ahead[i : i + 500]
+        changed += read_where(conn, f"position IN ({', '.join('?' * len(chunk))})", chunk)
+    work = _Work(before, {}, set(), set())
+    lookups: list[tuple[str, str, str]] = []  # (column, value, due from) over evaluated obligations
+
+    def since(cid: str, day: date) -> None:
+        work.since[cid] = min(day, work.since.get(cid, day))
+        work.due_from(cid, day)
+
+    for rec in changed:
+        for scope in fact_scopes(rec.event):
+            kind = scope[0]
+            if kind == "contract":
+                since(scope[1], date.min)
+            elif kind == "contract_from":
+                since(scope[1], date.fromisoformat(scope[2]))
+            elif kind in ("evaluated_from", "seller_from", "payee_from"):
+                if scope[2] <= before.isoformat():  # else nothing evaluated so far is due that late
+                    column = {"evaluated_from": "contract_id", "seller_from": "seller", "payee_from": "payee"}[kind]
+                    lookups.append((column, scope[1], scope[2]))
+            elif kind == "seller_tranche_year":
+                if f"{scope[2]}-01-01" <= before.isoformat():
+                    lookups.append(("seller_tranche", scope[1], scope[2]))
+            else:  # pragma: no cover - fact_scopes and this reader change together
+                raise ValueError(f"unknown scope {scope}")
+    held = conn.execute(text(f"SELECT obligation_id, contract_id, due FROM {OBLIGATION_TABLE} WHERE status = 'held'"))
+    # (the grace period runs on the calendar: held obligations are evaluated every time)
+    for oid, cid, due in [*_lookup(conn, lookups), *held]:
+        work.ids.add(oid)
+        if cid is not None:  # manual adjustments have no contract (and are always evaluated)
+            work.due_from(cid, date.fromisoformat(due))
+    new = date.fromordinal(before.toordinal() + 1)
+    for cid in _vesting(conn, book, before, as_of):
+        work.due_from(cid, new)
+    return work
+
+
+def _lookup(conn: Connection, lookups: list[tuple[str, str, str]]) -> Iterator[tuple[str, str, str]]:
+    """Evaluated obligations (id, contract, due) matching (column = value AND due >= from), grouped by column
+    and date so that each group is one IN (...) query per 500 values."""
+    groups: dict[tuple[str, str], set[str]] = {}
+    for column, value, due_from in lookups:
+        groups.setdefault((column, due_from), set()).add(value)
+    base = f"SELECT obligation_id, contract_id, due FROM {OBLIGATION_TABLE} WHERE kind != 'manual' AND "
+    for (column, due_from), values in sorted(groups.items()):
+        if column == "seller_tranche":  # due_from holds the vesting year
+            sql = base + "seller IN :v AND kind = 'tranche' AND due >= :lo AND due <= :hi"
+            yield from _in(conn, sql, "v", values, lo=f"{due_from}-01-01", hi=f"{due_from}-12-31")
+        else:
+            yield from _in(conn, base + f"{column} IN :v AND due >= :lo", "v", values, lo=due_from)
+
+
+def _vesting(conn: Connection, book: PlanBook, after: date, upto: date) -> set[str]:
+    """Contracts with a tranche vesting in (after, upto] under any plan's vesting years."""
+    years = sorted({y for p in book.plans for y in p.model.commission.tranches.vesting_years})
+    out: set[str] = set()
+    slack = timedelta(days=3)  # add_years clamps Feb 29: widen the window, then test exactly
+    for k in years:
+        lo, hi = add_years(after, -k) - slack, add_years(upto, -k) + slack
+        for stream_id, effective in conn.execute(
+            text(
+                "SELECT stream_id, effective FROM ledger_event "
+                "WHERE type = 'contract.signed' AND effective > :lo AND effective <= :hi"
+            ),
+            {"lo": lo.isoformat(), "hi": hi.isoformat()},
+        ):
+            if after < add_years(date.fromisoformat(effective), k) <= upto:
+                out.add(stream_id.removeprefix("contract:"))
+    return out
