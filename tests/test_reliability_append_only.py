@@ -27,6 +27,7 @@ from sqlalchemy.engine import make_url
 from incentive_engine.core.canonical import GENESIS_HASH, chain_hash, content_hash, record_text
 from incentive_engine.shell import service
 from incentive_engine.shell.store import Ledger
+from incentive_engine.shell.tables import SQLITE_REPLACE_TRIGGERS
 
 from .cli import incentive, ok
 
@@ -154,28 +155,44 @@ def test_the_database_refuses_every_update_and_delete(small_ledger: str, db_kind
     report(f"append-only-triggers/{db_kind}: {refused} UPDATE/DELETE/upsert statements refused, 0 rows changed")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "SQLite's INSERT OR REPLACE deletes the conflicting row without firing DELETE triggers (unless "
-        "PRAGMA recursive_triggers is on), so it rewrites history past the append-only triggers; the hash "
-        "chain still catches it. Fix in ledger_migrations (a new revision): a BEFORE INSERT trigger that "
-        "RAISE(ABORT)s when a row with NEW.position, (NEW.stream_id, NEW.stream_version) or NEW.event_id exists"
-    ),
-)
 def test_sqlite_insert_or_replace_cannot_rewrite_a_row(ledger_url: str, db_kind: str, small_ledger: str) -> None:
     if db_kind != "sqlite":
         pytest.skip("INSERT OR REPLACE is SQLite's")
     url = small_ledger
     rows = all_rows(url)
     victim = rows[len(rows) // 2]
-    with raw(url) as c, contextlib.suppress(sqlite3.DatabaseError):
-        c.execute(
-            f"INSERT OR REPLACE INTO ledger_event ({COLUMNS}) VALUES ({', '.join(['?'] * 10)})",
-            (*victim[:7], '{"forged":true}', *victim[8:]),
-        )
-    assert verify(url).ok, "the row was rewritten (the chain caught it)"
+    forged = (*victim[:7], '{"forged":true}', *victim[8:])
+    attempts = [
+        f"INSERT OR REPLACE INTO ledger_event ({COLUMNS}) VALUES ({', '.join(['?'] * 10)})",
+        f"REPLACE INTO ledger_event ({COLUMNS}) VALUES ({', '.join(['?'] * 10)})",
+    ]
+    # the same row under a new position but its stream version / event_id: REPLACE would delete the old one
+    moved = (rows[-1][0] + 1, *forged[1:])
+    refused = 0
+    with raw(url) as c:
+        for sql in attempts:
+            for values in (forged, moved):
+                with pytest.raises(sqlite3.DatabaseError, match=APPEND_ONLY):
+                    c.execute(sql, values)
+                refused += 1
     assert all_rows(url) == rows
+    assert verify(url).ok
+    report(f"append-only-triggers/sqlite: {refused} INSERT OR REPLACE / REPLACE statements refused, 0 rows changed")
+
+
+def test_verify_reports_a_dropped_no_replace_trigger(ledger_url: str, db_kind: str, small_ledger: str) -> None:
+    if db_kind != "sqlite":
+        pytest.skip("the no-replace trigger is SQLite's")
+    for name in SQLITE_REPLACE_TRIGGERS:
+        with raw(small_ledger) as c:
+            saved = c.execute("SELECT sql FROM sqlite_master WHERE name = ?", (name,)).fetchone()[0]
+            c.execute(f"DROP TRIGGER {name}")
+        report_ = verify(small_ledger)
+        assert not report_.ok
+        assert name in report_.message
+        with raw(small_ledger) as c:
+            c.execute(saved)
+        assert verify(small_ledger).ok
 
 
 # --- tampering by an owner who drops the triggers ------------------------------------------------------
@@ -191,8 +208,8 @@ def triggers_dropped(url: str) -> Iterator[Any]:
                 r[0]
                 for r in c.execute("SELECT sql FROM sqlite_master WHERE type='trigger' AND tbl_name='ledger_event'")
             ]
-            for name in ("ledger_event_no_update", "ledger_event_no_delete"):
-                c.execute(f"DROP TRIGGER {name}")
+            for name in c.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='ledger_event'"):
+                c.execute(f"DROP TRIGGER {name[0]}")
         else:
             saved = [
                 r[0]

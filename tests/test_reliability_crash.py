@@ -93,15 +93,14 @@ def rewind(url: str, keep: int) -> None:
     """Restore the ledger to its first ``keep`` rows, as restoring a backup would (test harness only)."""
     with raw(url) as c:
         if make_url(url).get_backend_name() == "sqlite":
-            triggers = [
-                r[0]
-                for r in c.execute("SELECT sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ledger_event'")
-            ]
+            triggers = c.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'ledger_event'"
+            ).fetchall()
             c.execute("BEGIN IMMEDIATE")
-            for name in ("ledger_event_no_update", "ledger_event_no_delete"):
+            for name, _ in triggers:
                 c.execute(f"DROP TRIGGER {name}")
             c.execute("DELETE FROM ledger_event WHERE position > ?", (keep,))
-            for sql in triggers:
+            for _, sql in triggers:
                 c.execute(sql)
             c.execute("COMMIT")
         else:

@@ -35,6 +35,12 @@ COLUMNS: tuple[str, ...] = (
 
 # Names of the database triggers that make the table append-only (created by migration 0001).
 TRIGGERS: tuple[str, ...] = ("ledger_event_no_update", "ledger_event_no_delete")
+# SQLite only (migration 0003): INSERT OR REPLACE deletes without firing DELETE triggers; these refuse it
+SQLITE_REPLACE_TRIGGERS: tuple[str, ...] = (
+    "ledger_event_no_replace_position",
+    "ledger_event_no_replace_stream_version",
+    "ledger_event_no_replace_event_id",
+)
 PG_TRUNCATE_TRIGGER = "ledger_event_no_truncate"
 PG_TRIGGER_FUNCTION = "ledger_event_append_only"
 
