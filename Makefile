@@ -23,8 +23,10 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 
+# not part of the test suite: the enterprise-scale benchmark (docs/performance.md); ARGS="--size M" etc.
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	$(BIN)/python bench/run.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) demo-output *.db
