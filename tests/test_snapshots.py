@@ -321,3 +321,17 @@ def test_the_fast_fold_gives_the_state_of_the_validated_replay(ledger):
     ledger.fold(projector)
     assert state_digest(projector.state) == state_digest(project(ledger.read()))
     assert projector.state.position == ledger.head()[0]
+
+
+def test_showing_a_closed_cycle_by_the_trusted_fold_equals_the_validated_reproduction(worked):
+    """`cycle show` and a repeated close recompute evaluations by the trusted fold; `audit reproduce`
+    re-validates every row. Over the worked ledger they give the same evaluations for every month."""
+    periods = periods_between("2026-01", "2027-12")
+    _close_all(worked, periods)
+    state = service.load_state(worked)
+    for p in periods:
+        shown = service.stored_cycle(worked, state, p)
+        validated = service.reproduce_cycle(worked, state, p)
+        assert shown.evaluations == validated.evaluations, p
+        assert cycle_json(service.close(worked, reference_book(), p))["status"] == "already_closed"
+    assert any(len(service.stored_cycle(worked, state, p).evaluations) for p in periods)

@@ -62,8 +62,18 @@ def current_state(ledger: Ledger, writer: Writer | None = None) -> LedgerState:
     if state.position != cached.position:
         cached.position = state.position
         cached.hash = _hash_at(ledger, state.position)
+        _keep(state)
     _PROJECTIONS[ledger.url] = cached
     return state
+
+
+def _keep(state: LedgerState) -> None:
+    """The projection lives as long as the process and only grows: move its objects (and whatever else
+    exists now) out of the garbage collector's reach (``gc.freeze``). Without it, every full collection
+    walks millions of them: at 2M events that cost 4 of the 5 seconds of ingesting one 4,600-event file
+    (collections triggered by allocations while validating and projecting)."""
+    del state  # (named for the reader: it is what is being kept)
+    gc.freeze()
 
 
 def _advance(ledger: Ledger, recorded: list[Recorded], head_hash: str) -> None:
@@ -75,6 +85,7 @@ def _advance(ledger: Ledger, recorded: list[Recorded], head_hash: str) -> None:
     for rec in recorded:
         cached.projector.apply(rec)
     cached.position, cached.hash = recorded[-1].position, head_hash
+    _keep(cached.projector.state)
 
 
 def _hash_at(ledger: Ledger, position: int) -> str:
@@ -110,10 +121,15 @@ def ingest_file(ledger: Ledger, path: Path, progress: Progress | None = None) ->
         data = path.read_bytes()
     except OSError as exc:
         return IngestResult(source, problems=[Problem(source, None, "(file)", f"cannot read: {exc.strerror}")])
+    with _gc_paused():
+        return _ingest(ledger, source, data, progress)
+
+
+def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None) -> IngestResult:
     parsed, problems = read_events(source, data, progress)
     if not parsed:
         return IngestResult(source, problems=problems)
-    with _gc_paused(), ledger.writer() as w:
+    with ledger.writer() as w:
         state = current_state(ledger, w)
         payloads = [canonical_json(to_payload(e)) for _, e in parsed]  # once, for deduplication and append
         new, skipped, found = _deduplicate(w, source, parsed, payloads)
@@ -226,7 +242,12 @@ def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
     changed since the last close is evaluated. Otherwise the whole state is evaluated and the projection
     rebuilt; both give what ``compute_cycle`` gives."""
     check_period(period)
-    with _gc_paused(), ledger.writer() as w:
+    with _gc_paused():
+        return _close(ledger, book, period)
+
+
+def _close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
+    with ledger.writer() as w:
         prepared = obligations.incremental(w, book, period, "closed")
         if prepared is None:
             state = current_state(ledger, w)
@@ -259,7 +280,7 @@ def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
         recorded = w.append(events, expected_versions={f"cycle:{period}": 0})
         obligations.record(w, book, prepared)
         head_hash = w.head()[1]
-    _advance(ledger, recorded, head_hash)
+    _advance(ledger, recorded, head_hash)  # after the commit
     return result
 
 
@@ -282,7 +303,9 @@ def stored_cycle(ledger: Ledger, state: LedgerState, period: str, status: str = 
     cycle = state.cycles.get(check_period(period))
     if cycle is None:
         raise CycleError(f"{period} is not closed")
-    recomputed = reproduce_cycle(ledger, state, period)
+    # the lines are the stored ones; the evaluations are recomputed by the trusted fold of rows validated
+    # when they were appended (4x faster); `audit reproduce` folds the prefix with full validation
+    recomputed = reproduce_cycle(ledger, state, period, trusted=True)
     return CycleResult(
         period,
         cycle.as_of,
@@ -301,15 +324,24 @@ def registered_book(state: LedgerState, hashes: dict[str, str]) -> PlanBook:
     return book_from_registered({h: (state.plans[h].filename, state.plans[h].text) for h in hashes})
 
 
-def closed_cycle_inputs(ledger: Ledger, state: LedgerState, period: str) -> tuple[PlanBook, LedgerState]:
-    """What a closed cycle saw: the plans it used (from their registered texts) and the ledger prefix."""
+def closed_cycle_inputs(
+    ledger: Ledger, state: LedgerState, period: str, *, trusted: bool = False
+) -> tuple[PlanBook, LedgerState]:
+    """What a closed cycle saw: the plans it used (from their registered texts) and the ledger prefix,
+    folded with every row re-validated, or by the trusted fold (``Ledger.fold``) when ``trusted``."""
     cycle = state.cycles[period]
-    return registered_book(state, cycle.plans), load_state(ledger, upto=cycle.ledger_position)
+    book = registered_book(state, cycle.plans)
+    if not trusted:
+        return book, load_state(ledger, upto=cycle.ledger_position)
+    projector = Projector()
+    with _gc_paused():
+        ledger.fold(projector, upto=cycle.ledger_position)
+    return book, projector.state
 
 
-def reproduce_cycle(ledger: Ledger, state: LedgerState, period: str) -> CycleResult:
+def reproduce_cycle(ledger: Ledger, state: LedgerState, period: str, *, trusted: bool = False) -> CycleResult:
     """Recompute a closed cycle from the ledger as it stood at its close, with the plans it used."""
-    book, prefix = closed_cycle_inputs(ledger, state, period)
+    book, prefix = closed_cycle_inputs(ledger, state, period, trusted=trusted)
     return compute_cycle(book, prefix, period, "reproduced")
 
 

@@ -641,10 +641,11 @@ class Ledger:
         with engine.connect() as conn:
             yield from _read(conn, after, upto, recorded_upto, validate)
 
-    def fold(self, projector: Projector, after: int = 0) -> None:
-        """Fold every event after position ``after`` into ``projector`` (``fold_rows``: trusted, fast)."""
+    def fold(self, projector: Projector, after: int = 0, upto: int | None = None) -> None:
+        """Fold every event with ``after < position <= upto`` into ``projector`` (``fold_rows``: trusted,
+        fast)."""
         with self._ready().connect() as conn:
-            fold_rows(_stream(conn, _READ_COLUMNS, after), projector)
+            fold_rows(_stream(conn, _READ_COLUMNS, after, upto), projector)
 
     def read_rows(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
         """Raw rows in position order, columns as ``tables.COLUMNS``: (position, stream_id,
