@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
 import uuid
 from collections.abc import Callable, Iterator
@@ -30,34 +29,10 @@ from incentive_engine.shell.store import Ledger
 from incentive_engine.shell.tables import SQLITE_REPLACE_TRIGGERS
 
 from .cli import incentive, ok
+from .reliability import raw, report
 
 COLUMNS = "position, stream_id, stream_version, type, effective, event_id, recorded_at, payload, content_hash, hash"
 APPEND_ONLY = "ledger_event is append-only"
-
-
-def report(line: str) -> None:
-    """Print the counts and append them to $INCENTIVE_RELIABILITY_REPORT (for the release notes)."""
-    print(line)
-    path = os.environ.get("INCENTIVE_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-
-@contextlib.contextmanager
-def raw(url: str, user: str | None = None) -> Iterator[Any]:
-    """A plain driver connection in autocommit mode: the database as an insider with a SQL prompt sees it."""
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        conn: Any = sqlite3.connect(str(u.database), isolation_level=None)
-    else:
-        if user is not None:
-            u = u.set(username=user, password=None)
-        conn = psycopg.connect(u.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def mark(url: str) -> str:

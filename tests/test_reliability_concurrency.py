@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 import random
 import subprocess
 import sys
@@ -36,17 +35,9 @@ from incentive_engine.core.reading import read_events
 from incentive_engine.shell.store import Ledger
 
 from .cli import incentive, ok
+from .reliability import report
 
 EXE = str(Path(sys.executable).parent / "incentive")
-
-
-def report(line: str) -> None:
-    """Print the counts and append them to $INCENTIVE_RELIABILITY_REPORT (for the release notes)."""
-    print(line)
-    path = os.environ.get("INCENTIVE_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
 
 
 # --- event files ------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from the same state and is compared against one reference run.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import random
@@ -26,12 +25,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -40,6 +38,7 @@ from incentive_engine.shell import service
 from incentive_engine.shell.store import Ledger
 
 from .cli import incentive, ok
+from .reliability import raw, report
 
 INGEST_KILLS = 25
 CLOSE_KILLS = 20
@@ -50,30 +49,7 @@ EXE = str(Path(sys.executable).parent / "incentive")
 CONTENT_COLUMNS = "position, stream_id, stream_version, type, effective, event_id, payload, content_hash"
 
 
-def report(line: str) -> None:
-    """Print the counts and append them to $INCENTIVE_RELIABILITY_REPORT (for the release notes)."""
-    print(line)
-    path = os.environ.get("INCENTIVE_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
-
-
 # --- the database, seen from outside the engine -------------------------------------------------------
-
-
-@contextlib.contextmanager
-def raw(url: str) -> Iterator[Any]:
-    """A plain driver connection in autocommit mode (sqlite3 or psycopg), as an operator's tool would use."""
-    u = make_url(url)
-    if u.get_backend_name() == "sqlite":
-        conn: Any = sqlite3.connect(str(u.database), isolation_level=None, timeout=30)
-    else:
-        conn = psycopg.connect(u.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True)
-    try:
-        yield conn
-    finally:
-        conn.close()
 
 
 def content(url: str, after: int = 0) -> list[tuple[Any, ...]]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -39,20 +38,12 @@ from incentive_engine.shell.store import Ledger
 
 from .cli import incentive, ok
 from .ledgers import REFERENCE_PLAN, Sim
+from .reliability import report
 
 PURE_EXAMPLES = 3000
 AMOUNT_EXAMPLES = 1500
 CLI_EXAMPLES = {"sqlite": 300, "postgres": 100}
 PLAN_EXAMPLES = 800
-
-
-def report(line: str) -> None:
-    """Print the counts and append them to $INCENTIVE_RELIABILITY_REPORT (for the release notes)."""
-    print(line)
-    path = os.environ.get("INCENTIVE_RELIABILITY_REPORT")
-    if path:
-        with open(path, "a", encoding="utf-8") as f:
-            f.write(line + "\n")
 
 
 def fuzz_settings(n: int) -> Any:
