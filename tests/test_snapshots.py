@@ -335,3 +335,29 @@ def test_showing_a_closed_cycle_by_the_trusted_fold_equals_the_validated_reprodu
         assert shown.evaluations == validated.evaluations, p
         assert cycle_json(service.close(worked, reference_book(), p))["status"] == "already_closed"
     assert any(len(service.stored_cycle(worked, state, p).evaluations) for p in periods)
+
+
+def test_listing_merges_stored_forfeitures_in_order_and_decodes_them_only_when_read(monkeypatch):
+    from decimal import Decimal
+
+    from .ledgers import Sim
+
+    sim = Sim()
+    sim.ingest((WORKED / "01-facts.jsonl").read_text())
+    pairs = [(ev, Decimal("0.00")) for ev in evaluate_all(sim.book, sim.state, date(2031, 12, 31))]
+    assert len(pairs) > 6
+    kept, stored = pairs[::3], pairs[1::3] + pairs[2::3]  # every third evaluated, the rest as stored text
+    rows = [
+        ((e.obligation.rep_id, e.obligation.contract_id or "", e.obligation.obligation_id),
+         obligations.evaluation_to_json(e), str(p))
+        for e, p in reversed(stored)
+    ]  # fmt: skip
+    decoded = []
+    real = obligations.evaluation_from_json
+    monkeypatch.setattr(obligations, "evaluation_from_json", lambda t: decoded.append(t) or real(t))
+    listing = obligations.Listing.merged(tuple(kept), rows)
+    assert len(listing) == len(pairs) and decoded == []  # nothing decoded by the merge
+    assert listing == tuple(pairs) and list(listing) == pairs  # the evaluation order, each pair intact
+    assert listing[1] == pairs[1] and listing[-2:] == tuple(pairs[-2:])
+    assert listing != tuple(pairs[:-1]) and listing != tuple(reversed(pairs))
+    assert obligations.Listing.merged(tuple(kept), []) == tuple(kept)

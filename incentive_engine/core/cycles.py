@@ -10,6 +10,7 @@ Cycle life (explicit state table):   (none) --preview--> (none)     (none) --clo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -50,7 +51,9 @@ class CycleResult:
     as_of: date
     status: str  # preview | closed | already_closed
     lines: tuple[Line, ...]
-    evaluations: tuple[tuple[Evaluation, Decimal], ...]  # (evaluation, paid to date before this cycle)
+    # (evaluation, paid to date before this cycle); a tuple, or a lazily decoded sequence from an
+    # incremental close (shell.obligations.Listing): both compare equal when their items do
+    evaluations: Sequence[tuple[Evaluation, Decimal]]
     totals: tuple[Total, ...]
     plans: dict[str, str]  # content hash -> "plan_id@version" of the plans that governed an evaluation
 

@@ -25,11 +25,12 @@ ledger prefix). ``compute_cycle`` over the full state gives the same result; the
 from __future__ import annotations
 
 import json
+from bisect import bisect_left
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import Decimal
-from typing import Any
+from typing import Any, overload
 
 from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection
@@ -48,7 +49,8 @@ FORMAT = 1  # bump when the rows' meaning changes: older projections are then re
 META_NAME = "obligations"
 IN_CHUNK = 500
 # the reps' facts the rules read (terminations, vetoes, scorecards) and the manual adjustments
-CONTEXT_TYPES = ("rep.hired", "rep.terminated", "compliance.violation", "scorecard.published", "adjustment.recorded")
+# (scorecards are read apart: only the years the evaluated tranches can read)
+CONTEXT_TYPES = ("rep.hired", "rep.terminated", "compliance.violation", "adjustment.recorded")
 
 
 def book_key(book: PlanBook) -> str:
@@ -90,6 +92,74 @@ def evaluation_from_json(text_: str) -> Evaluation:
         ob, status, Decimal(earned), reason, rule, {k: Decimal(v) for k, v in factors} if factors else {},
         tuple(facts), detail,
     )  # fmt: skip
+
+
+def _order(ev: Evaluation) -> tuple[str, str, str]:
+    """The order of a cycle's evaluations (``evaluate_all``): payee, contract, obligation."""
+    ob = ev.obligation
+    return (ob.rep_id, ob.contract_id or "", ob.obligation_id)
+
+
+class Listing(Sequence[tuple[Evaluation, Decimal]]):
+    """A cycle's listed evaluations, some still as stored text: each is decoded when read, so a close
+    does not rebuild every forfeiture ever made unless its caller reads them (the CLI's JSON does; the
+    close itself, its lines and totals do not). Equal to a tuple of the same (evaluation, paid) pairs."""
+
+    __slots__ = ("_items",)
+
+    def __init__(self, items: list[tuple[Evaluation, Decimal] | tuple[str, str]]) -> None:
+        self._items = items  # (evaluation, paid) or (stored evaluation text, paid text)
+
+    @classmethod
+    def merged(
+        cls, listed: Sequence[tuple[Evaluation, Decimal]], stored: list[tuple[tuple[str, str, str], str, str]]
+    ) -> Sequence[tuple[Evaluation, Decimal]]:
+        """``listed`` (in evaluation order) and ``stored`` ((order key, text, paid) in any order), merged."""
+        if not stored:
+            return listed
+        stored.sort(key=lambda s: s[0])
+        keys = [s[0] for s in stored]
+        items: list[tuple[Evaluation, Decimal] | tuple[str, str]] = []
+        start = 0
+        for pair in listed:
+            at = bisect_left(keys, _order(pair[0]), start)
+            items += [(text_, p) for _, text_, p in stored[start:at]]
+            items.append(pair)
+            start = at
+        items += [(text_, p) for _, text_, p in stored[start:]]
+        return cls(items)
+
+    @staticmethod
+    def _decoded(item: tuple[Any, Any]) -> tuple[Evaluation, Decimal]:
+        first, paid = item
+        if isinstance(first, str):
+            return evaluation_from_json(first), Decimal(paid)
+        return item
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[Evaluation, Decimal]: ...
+    @overload
+    def __getitem__(self, index: slice) -> tuple[tuple[Evaluation, Decimal], ...]: ...
+    def __getitem__(self, index: int | slice) -> Any:
+        if isinstance(index, slice):
+            return tuple(self._decoded(i) for i in self._items[index])
+        return self._decoded(self._items[index])
+
+    def __iter__(self) -> Iterator[tuple[Evaluation, Decimal]]:
+        return (self._decoded(i) for i in self._items)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Listing | tuple | list):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other, strict=True))
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Listing({len(self._items)} evaluations)"
 
 
 # --- reading the projection -------------------------------------------------------------------------
@@ -201,6 +271,12 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
         else:
             records += read_streams(conn, streams, "type <> 'service.cost' OR effective >= ?", (cutoff.isoformat(),))
     records += read_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
+    # scorecards: a tranche vesting in year Y reads the seller's Y-1 scorecard, so only the years from the
+    # one before the earliest due date evaluated (the reps' yearly scorecards are most of the context)
+    year = _year_column(conn)
+    records += read_where(
+        conn, f"type = 'scorecard.published' AND {year} >= ?", (_earliest_due(work, records).year - 1,)
+    )
     state = _fold(records)
     evaluated = evaluate_all(book, state, as_of, work.selects)
 
@@ -211,25 +287,57 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     ):  # fmt: skip
         rows[oid] = _Row(Decimal(paid), int(lines), st, ev)
 
-    # unchanged forfeited obligations are listed again, as they were (held ones were evaluated above)
+    # unchanged forfeited obligations are listed again, as they were (held ones were evaluated above). A
+    # forfeited obligation earns nothing and its last cycle trued it up to zero, so unchanged it has no
+    # line: it only joins the listing, kept as its stored text until someone reads it (``Listing``). There
+    # is one per forfeiture ever made, the one part of a close that grows with the ledger's age.
     fresh = {e.obligation.obligation_id for e in evaluated}
-    listed: list[Evaluation] = []
+    stored: list[tuple[tuple[str, str, str], str, str]] = []
+    again: list[Evaluation] = []  # not trued up to zero (not expected): through the cycle like the others
     paid = {oid: r.paid for oid, r in rows.items()}
     counts = {oid: r.lines for oid, r in rows.items()}
-    sql = f"SELECT obligation_id, paid, lines, evaluation FROM {OBLIGATION_TABLE} WHERE status = 'forfeited'"
-    for oid, p, n, ev in driver_rows(conn, sql, ()):  # the longest read of a close: plain driver tuples
-        if oid not in fresh and ev is not None:
-            listed.append(evaluation_from_json(ev))
+    sql = (
+        f"SELECT obligation_id, payee, contract_id, paid, lines, evaluation FROM {OBLIGATION_TABLE} "
+        "WHERE status = 'forfeited'"
+    )
+    for oid, payee, cid, p, n, ev in driver_rows(conn, sql, ()):  # the longest read of a close: driver tuples
+        if oid in fresh or ev is None:
+            continue
+        if Decimal(p):
+            again.append(evaluation_from_json(ev))
             paid[oid], counts[oid] = Decimal(p), int(n)
+        else:
+            stored.append(((payee, cid or "", oid), ev, p))
 
-    evaluations = evaluated + listed
-    evaluations.sort(key=lambda e: (e.obligation.rep_id, e.obligation.contract_id or "", e.obligation.obligation_id))
+    evaluations = evaluated + again
+    evaluations.sort(key=_order)
     carried = {
         (t["rep_id"], t["currency"]): Decimal(t["carried_out"]) for t in last.totals if Decimal(t["carried_out"])
     }  # as paid_history reads them from the last cycle
     result = cycle_from(book, period, status, evaluations, PaidHistory(paid, counts, carried), last.plans)
+    result = replace(result, evaluations=Listing.merged(result.evaluations, stored))
     sellers = {cid: c.seller for cid, c in state.contracts.items()}
     return Prepared(result, evaluated, sellers, rows, full=False, count=meta[5])
+
+
+def _earliest_due(work: _Work, records: list[Recorded]) -> date:
+    """The earliest due date of the obligations an incremental close evaluates: per contract, the date it
+    is evaluated from, or its signing (its up-front payment) when every obligation of it is."""
+    signed = {r.stream_id: r.event.effective for r in records if r.event.type == "contract.signed"}
+    earliest = date.max
+    for cid in work.contracts:
+        day = work.earliest.get(cid, date.min)
+        if day == date.min:
+            day = signed.get(f"contract:{cid}", date.min)
+        earliest = min(earliest, day)
+    return earliest if earliest != date.max else work.after
+
+
+def _year_column(conn: Connection) -> str:
+    """SQL for a payload's integer "year" (the payload is canonical JSON text)."""
+    if conn.dialect.name == "postgresql":
+        return "CAST(CAST(payload AS jsonb) ->> 'year' AS INTEGER)"
+    return "json_extract(payload, '$.year')"
 
 
 def full(book: PlanBook, state: LedgerState, period: str, status: str) -> Prepared:
