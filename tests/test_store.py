@@ -183,7 +183,34 @@ def test_migrations_are_found_without_an_ini_file() -> None:
     cfg = store.alembic_config()
     assert (store.migrations_dir() / "versions" / "0001_ledger.py").is_file()
     assert cfg.get_main_option("script_location") == str(store.migrations_dir())
-    assert store.head_revision() == "0003"
+    assert store.head_revision() == "0004"
+
+
+def test_a_ledger_at_0003_upgrades_to_the_effective_content_index(ledger: Ledger) -> None:
+    """Migration 0004 on a ledger with events: `init` swaps the indexes, the chain and the deduplication
+    by content are intact."""
+    from alembic import command
+    from sqlalchemy import inspect
+
+    twice = ServiceCost(type="service.cost", effective=D("2026-03-01"), contract_id="C1", amount=Decimal("5"))
+    append(ledger, [hire("R1"), twice, twice])
+    with ledger.engine.begin() as conn:
+        command.downgrade(store.alembic_config(connection=conn), "0003")
+
+    def indexes() -> set[str]:
+        ledger.dispose()
+        return {i["name"] for i in inspect(ledger.engine).get_indexes("ledger_event")}
+
+    assert {"ix_ledger_event_content_hash", "ix_ledger_event_effective"} <= indexes()
+    with pytest.raises(LedgerNotInitialised, match="run `incentive init`"):
+        ledger.check_schema()
+    ledger.init()
+    found = indexes()
+    assert "ix_ledger_event_effective_content" in found
+    assert not found & {"ix_ledger_event_content_hash", "ix_ledger_event_effective"}
+    assert ledger.verify().ok
+    h = content_hash("service.cost", "2026-03-01", canonical_json(to_payload(twice)))
+    assert ledger.content_hash_counts([("2026-03-01", h)]) == {h: 2}
 
 
 # --- round trip ---------------------------------------------------------------------------------
@@ -344,10 +371,12 @@ def test_event_id_and_content_hash_lookups(ledger: Ledger) -> None:
     assert ledger.event_id_hashes(asked) == rows
     h = content_hash("service.cost", "2026-03-01", canonical_json(to_payload(twice)))
     first = rows["hire-0"]
-    assert ledger.content_hash_counts([h, first, "0" * 64]) == {h: 2, first: 1}
+    asked_contents = [("2026-03-01", h), (hire("R0").effective.isoformat(), first), ("2026-03-01", "0" * 64)]
+    assert ledger.content_hash_counts(asked_contents) == {h: 2, first: 1}
+    assert ledger.content_hash_counts([("2026-03-02", h)]) == {}  # a content hash covers its date
     with ledger.writer() as w:
         assert w.event_id_hashes(["hire-3"]) == {"hire-3": rows["hire-3"]}
-        assert w.content_hash_counts([h]) == {h: 2}
+        assert w.content_hash_counts([("2026-03-01", h)]) == {h: 2}
 
 
 # --- the hash chain -----------------------------------------------------------------------------

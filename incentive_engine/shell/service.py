@@ -167,7 +167,9 @@ def _deduplicate(
     Returns the new events as (line, event, canonical payload)."""
     hashes = [content_hash(e.type, e.effective.isoformat(), p) for (_, e), p in zip(parsed, payloads, strict=True)]
     stored_ids = ledger.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
-    stored_counts = ledger.content_hash_counts([h for (_, e), h in zip(parsed, hashes, strict=True) if not e.event_id])
+    stored_counts = ledger.content_hash_counts(
+        [(e.effective.isoformat(), h) for (_, e), h in zip(parsed, hashes, strict=True) if not e.event_id]
+    )
     seen_ids: dict[str, tuple[str, int]] = {}
     new: list[tuple[int, Event, str]] = []
     problems: list[Problem] = []

@@ -32,7 +32,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import unquote, urlparse
 
 from alembic import command
@@ -484,7 +484,10 @@ def _head(conn: Connection) -> tuple[int, str, str | None]:
     return int(row[0]), str(row[1]), str(row[2])
 
 
-def _chunks(values: Iterable[str]) -> Iterator[list[str]]:
+_T = TypeVar("_T", str, tuple[str, str])
+
+
+def _chunks(values: Iterable[_T]) -> Iterator[list[_T]]:
     unique = sorted(set(values))
     for i in range(0, len(unique), IN_CHUNK):
         yield unique[i : i + IN_CHUNK]
@@ -500,13 +503,16 @@ def _event_id_hashes(conn: Connection, event_ids: Iterable[str]) -> dict[str, st
     return out
 
 
-def _content_hash_counts(conn: Connection, hashes: Iterable[str]) -> dict[str, int]:
+def _content_hash_counts(conn: Connection, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
+    # a content hash covers the effective date: both columns narrow the (effective, content_hash) index
     stmt = text(
-        f"SELECT content_hash, COUNT(*) FROM {TABLE} WHERE content_hash IN :hs GROUP BY content_hash"
-    ).bindparams(bindparam("hs", expanding=True))
+        f"SELECT content_hash, COUNT(*) FROM {TABLE} WHERE effective IN :es AND content_hash IN :hs "
+        "GROUP BY content_hash"
+    ).bindparams(bindparam("es", expanding=True), bindparam("hs", expanding=True))
     out: dict[str, int] = {}
-    for chunk in _chunks(hashes):
-        out.update((str(h), int(n)) for h, n in conn.execute(stmt, {"hs": chunk}))
+    for chunk in _chunks(contents):
+        es, hs = sorted({e for e, _ in chunk}), [h for _, h in chunk]
+        out.update((str(h), int(n)) for h, n in conn.execute(stmt, {"es": es, "hs": hs}))
     return out
 
 
@@ -663,10 +669,11 @@ class Ledger:
         with self._ready().connect() as conn:
             return _event_id_hashes(conn, event_ids)
 
-    def content_hash_counts(self, hashes: Iterable[str]) -> dict[str, int]:
-        """How many stored events have each of ``hashes`` as content hash (absent: none)."""
+    def content_hash_counts(self, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
+        """How many stored events have each content hash, given as (effective date, content hash) pairs
+        (absent: none)."""
         with self._ready().connect() as conn:
-            return _content_hash_counts(conn, hashes)
+            return _content_hash_counts(conn, contents)
 
     def stream_versions(self, stream_ids: Iterable[str]) -> dict[str, int]:
         """Current version of each stream (0 for a stream with no events yet)."""
@@ -842,8 +849,8 @@ class Writer:
     def event_id_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
         return _event_id_hashes(self.conn, event_ids)
 
-    def content_hash_counts(self, hashes: Iterable[str]) -> dict[str, int]:
-        return _content_hash_counts(self.conn, hashes)
+    def content_hash_counts(self, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
+        return _content_hash_counts(self.conn, contents)
 
     def append(
         self,

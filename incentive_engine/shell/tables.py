@@ -58,8 +58,8 @@ class LedgerEvent(SQLModel, table=True):
         UniqueConstraint("stream_id", "stream_version", name="uq_ledger_event_stream_version"),
         UniqueConstraint("event_id", name="uq_ledger_event_event_id"),
         Index("ix_ledger_event_type_effective", "type", "effective"),  # migration 0002 (was: type alone)
-        Index("ix_ledger_event_content_hash", "content_hash"),
-        Index("ix_ledger_event_effective", "effective"),
+        # migration 0004 (was: content_hash and effective apart): content lookups and date ranges
+        Index("ix_ledger_event_effective_content", "effective", "content_hash"),
     )
 
     position: int = Field(sa_column=Column("position", POSITION_TYPE, primary_key=True, autoincrement=False))
