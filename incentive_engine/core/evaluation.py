@@ -108,7 +108,7 @@ def obligations_of(contract: Contract, plan: Plan, state: LedgerState, as_of: da
         return
     _, upfront, bases = commission_parts(contract, plan)
     cid, cur, h = contract.contract_id, contract.currency, plan.content_hash
-    yield Obligation(f"{cid}/upfront", "upfront", cid, contract.seller, cur, contract.signed, upfront, h)
+    yield Obligation(upfront_id(cid), "upfront", cid, contract.seller, cur, contract.signed, upfront, h)
     for k, (years, base) in enumerate(zip(plan.model.commission.tranches.vesting_years, bases, strict=True), 1):
         vest = add_years(contract.signed, years)
         if vest > as_of:
@@ -389,6 +389,7 @@ def evaluate_all(
 # (tests compare incremental and full closes over random ledgers). Scopes, with d the fact's date:
 #   ("contract", C)               every obligation of contract C
 #   ("contract_from", C, d)       C's obligations due on or after d, including ones the fact creates
+#   ("upfront", C)                C's up-front payment
 #   ("evaluated_from", C, d)      C's obligations already evaluated by a cycle and due on or after d
 #   ("seller_from", R, d)         obligations already evaluated of contracts R sold, due on or after d
 #   ("payee_from", R, d)          obligations already evaluated that pay R, due on or after d
@@ -396,6 +397,10 @@ def evaluate_all(
 # Obligations that become due are always evaluated, held ones too, and manual adjustments.
 
 Scope = tuple[str, ...]
+
+
+def upfront_id(contract_id: str) -> str:
+    return f"{contract_id}/upfront"
 
 
 def costs_needed_from(book: PlanBook, due: date) -> date:
@@ -414,8 +419,10 @@ def fact_scopes(event: Event) -> tuple[Scope, ...]:
     """The obligations ``event`` can change, as scopes (see above); () when it changes none."""
     t = event.type
     d = event.effective.isoformat()
-    if t in ("contract.signed", "contract.churned"):  # a new contract; early_churn reaches the up-front
+    if t == "contract.signed":  # a new contract
         return (("contract", event.contract_id),)  # type: ignore[attr-defined]
+    if t == "contract.churned":  # churned: obligations due from d; early_churn: the up-front (due before d)
+        return (("contract_from", event.contract_id, d), ("upfront", event.contract_id))  # type: ignore[attr-defined]
     if t == "contract.renewed":  # its renewal obligation; the ACV and term of tranches vesting from d
         return (("contract_from", event.contract_id, d),)  # type: ignore[attr-defined]
     if t in ("contract.expanded", "contract.reassigned", "service.cost"):

@@ -64,9 +64,12 @@ def _int(value: object) -> int:
     raise ValueError("expected an integer")
 
 
+_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")  # compiled once: this runs for every date of every event
+
+
 def _date(value: object) -> object:
     if isinstance(value, str):
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", value):
+        if not _DATE.fullmatch(value):
             raise ValueError("expected a date YYYY-MM-DD")
         try:
             return date.fromisoformat(value)

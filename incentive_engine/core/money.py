@@ -7,6 +7,7 @@ currency's minor unit (ISO 4217 exponent), with ROUND_HALF_UP.
 from __future__ import annotations
 
 import decimal
+import re
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
 
 ZERO = Decimal(0)
@@ -196,6 +197,9 @@ def minor_unit(currency: str) -> Decimal:
     return Decimal(1).scaleb(-exponent(currency))
 
 
+_PLAIN = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,20})?")  # ASCII digits only
+
+
 def parse_decimal(value: object) -> Decimal:
     """A finite Decimal from a string or number as written (never through float)."""
     if isinstance(value, bool):
@@ -209,6 +213,8 @@ def parse_decimal(value: object) -> Decimal:
         # value that has already lost precision, so refuse it rather than guess.
         d = Decimal(repr(value))
     elif isinstance(value, str):
+        if _PLAIN.fullmatch(value):  # the usual "12345.67": finite, in range, few places by its shape
+            return Decimal(value)
         text = value.strip()
         if not text or len(text) > 40:
             raise MoneyError(f"not a decimal number: {value[:40]!r}")

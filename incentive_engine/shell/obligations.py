@@ -38,11 +38,19 @@ from sqlalchemy.engine import Connection
 from ..core.canonical import canonical_json
 from ..core.cycles import CycleResult, Line, PaidHistory, cycle_from, paid_history
 from ..core.dates import period_end
-from ..core.evaluation import Evaluation, Obligation, add_years, costs_needed_from, evaluate_all, fact_scopes
+from ..core.evaluation import (
+    Evaluation,
+    Obligation,
+    add_years,
+    costs_needed_from,
+    evaluate_all,
+    fact_scopes,
+    upfront_id,
+)
 from ..core.money import ZERO
 from ..core.plan import PlanBook
-from ..core.projections import LedgerState, Projector, Recorded, Renewal
-from .store import Writer, driver_rows, read_streams, read_where
+from ..core.projections import LedgerState, Projector, Renewal
+from .store import Writer, driver_rows, fact_views, fold_sorted, rows_where, stream_rows
 from .tables import META_TABLE, OBLIGATION_TABLE
 
 FORMAT = 1  # bump when the rows' meaning changes: older projections are then rebuilt
@@ -264,17 +272,18 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
         earliest = work.earliest.get(cid, date.min)
         cutoff = date.min if earliest == date.min else costs_needed_from(book, earliest).replace(day=1)
         by_cutoff.setdefault(cutoff, []).append(f"contract:{cid}")
-    records: list[Recorded] = []
+    # (plain rows, folded by the projector's fast path: no event objects are built for them)
+    records: list[tuple[Any, ...]] = []
     for cutoff, streams in by_cutoff.items():
         if cutoff == date.min:
-            records += read_streams(conn, streams)
+            records += stream_rows(conn, streams)
         else:
-            records += read_streams(conn, streams, "type <> 'service.cost' OR effective >= ?", (cutoff.isoformat(),))
-    records += read_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
+            records += stream_rows(conn, streams, "type <> 'service.cost' OR effective >= ?", (cutoff.isoformat(),))
+    records += rows_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
     # scorecards: a tranche vesting in year Y reads the seller's Y-1 scorecard, so only the years from the
     # one before the earliest due date evaluated (the reps' yearly scorecards are most of the context)
     year = _year_column(conn)
-    records += read_where(
+    records += rows_where(
         conn, f"type = 'scorecard.published' AND {year} >= ?", (_earliest_due(work, records).year - 1,)
     )
     state = _fold(records)
@@ -320,10 +329,10 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     return Prepared(result, evaluated, sellers, rows, full=False, count=meta[5])
 
 
-def _earliest_due(work: _Work, records: list[Recorded]) -> date:
+def _earliest_due(work: _Work, rows: list[tuple[Any, ...]]) -> date:
     """The earliest due date of the obligations an incremental close evaluates: per contract, the date it
     is evaluated from, or its signing (its up-front payment) when every obligation of it is."""
-    signed = {r.stream_id: r.event.effective for r in records if r.event.type == "contract.signed"}
+    signed = {r[1]: date.fromisoformat(r[4]) for r in rows if r[3] == "contract.signed"}
     earliest = date.max
     for cid in work.contracts:
         day = work.earliest.get(cid, date.min)
@@ -413,11 +422,9 @@ def _upsert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
 # --- what changed since the last close ----------------------------------------------------------------
 
 
-def _fold(records: list[Recorded]) -> LedgerState:
-    records.sort(key=lambda r: r.position)
+def _fold(rows: list[tuple[Any, ...]]) -> LedgerState:
     projector = Projector()
-    for rec in records:
-        projector.apply(rec)
+    fold_sorted(rows, projector)
     return projector.state
 
 
@@ -447,7 +454,7 @@ def _what_changed(conn: Connection, book: PlanBook, last: _LastCycle, as_of: dat
     """The obligations that may evaluate differently at ``as_of`` than at the last close: those reached
     (``fact_scopes``) by facts recorded since the position it saw, or effective since its as-of date."""
     seen, before = last.ledger_position, last.as_of
-    changed = read_where(conn, "position > ? AND position <= ?", (seen, head))
+    changed = rows_where(conn, "position > ? AND position <= ?", (seen, head))
     # facts recorded before the last close but effective since its as-of date: positions first (from the
     # effective index alone, which holds the position), then those few rows
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
@@ -455,7 +462,7 @@ def _what_changed(conn: Connection, book: PlanBook, last: _LastCycle, as_of: dat
     ahead = [p for (p,) in driver_rows(conn, sql, (before.isoformat(), as_of.isoformat(), seen))]
     for i in range(0, len(ahead), 500):
         chunk = ahead[i : i + 500]
-        changed += read_where(conn, f"position IN ({', '.join('?' * len(chunk))})", chunk)
+        changed += rows_where(conn, f"position IN ({', '.join('?' * len(chunk))})", chunk)
     work = _Work(before, {}, set(), set())
     lookups: list[tuple[str, str, str]] = []  # (column, value, due from) over evaluated obligations
 
@@ -463,13 +470,16 @@ def _what_changed(conn: Connection, book: PlanBook, last: _LastCycle, as_of: dat
         work.since[cid] = min(day, work.since.get(cid, day))
         work.due_from(cid, day)
 
-    for rec in changed:
-        for scope in fact_scopes(rec.event):
+    for fact in fact_views(changed):  # (each fact's fields as a view: fact_scopes reads a few of them)
+        for scope in fact_scopes(fact):
             kind = scope[0]
             if kind == "contract":
                 since(scope[1], date.min)
             elif kind == "contract_from":
                 since(scope[1], date.fromisoformat(scope[2]))
+            elif kind == "upfront":  # one obligation; it reads no service cost, so the cutoff stays
+                work.ids.add(upfront_id(scope[1]))
+                work.contracts.add(scope[1])
             elif kind in ("evaluated_from", "seller_from", "payee_from"):
                 if scope[2] <= before.isoformat():  # else nothing evaluated so far is due that late
                     column = {"evaluated_from": "contract_id", "seller_from": "seller", "payee_from": "payee"}[kind]

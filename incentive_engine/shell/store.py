@@ -57,10 +57,13 @@ __all__ = [
     "Writer",
     "alembic_config",
     "driver_rows",
+    "fact_views",
+    "fold_sorted",
     "head_revision",
     "migrations_dir",
-    "read_streams",
     "read_where",
+    "rows_where",
+    "stream_rows",
     "utc_now",
 ]
 
@@ -176,7 +179,7 @@ def _make_engine(url: str) -> Engine:
     raise EngineError(f"the ledger runs on SQLite or PostgreSQL, not {backend!r} ({u.render_as_string()})")
 
 
-def _placeholders(engine: Engine, n: int) -> str:
+def _placeholders(engine: Engine | Connection, n: int) -> str:
     mark = "?" if engine.dialect.paramstyle == "qmark" else "%s"
     return ", ".join([mark] * n)
 
@@ -354,6 +357,11 @@ def _rebuild_trusted(type_: str, effective: str, event_id: str | None, payload: 
     return obj
 
 
+def _fits(plan: _FastPlan, data: Any) -> bool:
+    """A payload the fast path can take: an object with every required key and no unknown one."""
+    return isinstance(data, dict) and data.keys() <= plan.allowed and plan.required <= data.keys()
+
+
 class _Values:
     """A bag of an event's typed field values, for ``Projector.apply_values``."""
 
@@ -371,11 +379,7 @@ def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
     for position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload in rows:
         plan = _fast_plan(type_) if type_ in _FOLD_DIRECT else None
         data = _loads(payload) if plan is not None else None
-        if (
-            plan is None
-            or not isinstance(data, dict)
-            or not (data.keys() <= plan.allowed and plan.required <= data.keys())
-        ):
+        if plan is None or not _fits(plan, data):
             event = _rebuild_trusted(type_, effective, event_id, payload)
             apply(Recorded(position, recorded_at, stream_id, stream_version, event))
             continue
@@ -447,22 +451,55 @@ def _read(
 def read_where(conn: Connection, clause: str, params: Sequence[Any]) -> list[Recorded]:
     """The events matching an SQL ``clause`` (``?`` placeholders), in position order, rebuilt on the
     trusted fast path: for the engine's own derived reads (e.g. an incremental close), never for audit."""
-    sql = f"SELECT {_READ_COLUMNS} FROM {TABLE} WHERE {clause} ORDER BY position"
+    rows = rows_where(conn, clause, params)
+    rows.sort(key=_position)
+    return list(_to_recorded(rows, validate=False))
+
+
+def rows_where(conn: Connection, clause: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    """The stored rows (``_READ_COLUMNS``) matching an SQL ``clause`` (``?`` placeholders), in no
+    particular order: for the engine's derived reads, which fold them (``fold_rows``) or scan them."""
+    sql = f"SELECT {_READ_COLUMNS} FROM {TABLE} WHERE {clause}"
     if conn.dialect.paramstyle != "qmark":
         sql = sql.replace("?", "%s")
-    return list(_to_recorded(driver_rows(conn, sql, params), validate=False))
+    return driver_rows(conn, sql, params)
 
 
-def read_streams(
+def stream_rows(
     conn: Connection, stream_ids: Iterable[str], also: str = "", params: Sequence[Any] = ()
-) -> list[Recorded]:
-    """The events of the given streams (an indexed lookup per stream) that also match the SQL condition
-    ``also`` (with ``params``), rebuilt on the trusted fast path."""
-    out: list[Recorded] = []
+) -> list[tuple[Any, ...]]:
+    """The rows of the given streams (an indexed lookup per stream) that also match the SQL condition
+    ``also`` (with ``params``), in no particular order."""
+    out: list[tuple[Any, ...]] = []
     for chunk in _chunks(stream_ids):
         clause = f"stream_id IN ({', '.join('?' * len(chunk))})" + (f" AND ({also})" if also else "")
-        out += read_where(conn, clause, [*chunk, *params])
+        out += rows_where(conn, clause, [*chunk, *params])
     return out
+
+
+def _position(row: tuple[Any, ...]) -> int:
+    return int(row[0])
+
+
+def fold_sorted(rows: list[tuple[Any, ...]], projector: Projector) -> None:
+    """``fold_rows`` over rows gathered by several reads: put in ledger order first."""
+    rows.sort(key=_position)
+    fold_rows(rows, projector)
+
+
+def fact_views(rows: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
+    """Each row's event as a view for code that reads a few of its fields (``core.evaluation.fact_scopes``):
+    an object with the payload's fields over the model's defaults, ``type`` and ``effective`` (a date), no
+    other conversion and no validation. Rows the fast path does not know are rebuilt as events."""
+    for _, _, _, type_, effective, event_id, _, payload in rows:
+        plan = _fast_plan(type_)
+        data = _loads(payload) if plan is not None else None
+        if plan is None or not _fits(plan, data):
+            yield _rebuild_trusted(type_, effective, event_id, payload)
+            continue
+        view = _Values()
+        view.__dict__ = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template, **data}
+        yield view
 
 
 def driver_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
@@ -517,13 +554,13 @@ def _content_hash_counts(conn: Connection, contents: Iterable[tuple[str, str]]) 
 
 
 def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
-    stmt = text(
-        f"SELECT stream_id, MAX(stream_version) FROM {TABLE} WHERE stream_id IN :ids GROUP BY stream_id"
-    ).bindparams(bindparam("ids", expanding=True))
+    # plain driver rows: an ingest asks for tens of thousands of streams
     out: dict[str, int] = {}
     for chunk in _chunks(stream_ids):
         out.update(dict.fromkeys(chunk, 0))
-        out.update((str(sid), int(v)) for sid, v in conn.execute(stmt, {"ids": chunk}))
+        marks = _placeholders(conn, len(chunk))
+        sql = f"SELECT stream_id, MAX(stream_version) FROM {TABLE} WHERE stream_id IN ({marks}) GROUP BY stream_id"
+        out.update(driver_rows(conn, sql, chunk))
     return out
 
 
