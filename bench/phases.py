@@ -6,7 +6,7 @@ line of output.
     python bench/phases.py close    DB_URL PERIOD                 one monthly close, in a cold process
     python bench/phases.py verify   DB_URL                        Ledger.verify() alone
     python bench/phases.py replay   DB_URL                        the full fold (load_state) alone
-    python bench/phases.py peer     DB_URL DATA_DIR               the eventsourcing library: append, then read
+    python bench/phases.py peer     DB_URL DATA_DIR [BUDGET_S]    the eventsourcing library: append, then read
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def build(url: str, data: str, last: str) -> None:
     ledger = Ledger(url)
     ledger.init()
     book = load_plans(default_rules_dir())
-    ingest_s, events, closes = 0.0, 0, {}
+    ingest_s, events, closes, lines = 0.0, 0, {}, {}
     files = sorted(Path(data).glob("*.jsonl"))
     for path in files:
         t = time.perf_counter()
@@ -48,9 +48,10 @@ def build(url: str, data: str, last: str) -> None:
         events += result.appended
         if path.stem < last:
             t = time.perf_counter()
-            service.close(ledger, book, path.stem)
+            closed = service.close(ledger, book, path.stem)
             closes[path.stem] = round(time.perf_counter() - t, 3)
-    _done(events=events, ingest_s=round(ingest_s, 2), ingest_eps=round(events / ingest_s), closes=closes)
+            lines[path.stem] = len(closed.lines)
+    _done(events=events, ingest_s=round(ingest_s, 2), ingest_eps=round(events / ingest_s), closes=closes, lines=lines)
 
 
 def close(url: str, period: str) -> None:
@@ -95,11 +96,13 @@ def replay(url: str) -> None:
     _done(events=state.position, seconds=round(took, 3), eps=round(state.position / took), digest=state_digest(state))
 
 
-def peer(url: str, data: str) -> None:
+def peer(url: str, data: str, budget: str = "0") -> None:
     """The same events, appended and read back with the eventsourcing library (its Application, its
     default JSON transcoder, its SQLite/PostgreSQL application recorder): one save per monthly batch,
     as our ingest appends one file per transaction; then every event read back through the notification
-    log and mapped to a domain event object, as our replay rebuilds every event."""
+    log and mapped to a domain event object, as our replay rebuilds every event. With a ``budget`` (seconds,
+    0: none), appending stops after the first batch that ends past it, and what was appended is read back
+    (the figures are then rates over part of the data, and say so)."""
     import os
     import uuid
     from datetime import UTC, date, datetime
@@ -170,6 +173,8 @@ def peer(url: str, data: str) -> None:
             )  # fmt: skip
         app.save(*batch)
         appended += len(batch)
+        if float(budget) and time.perf_counter() - t > float(budget):
+            break
     append_s = time.perf_counter() - t
     t = time.perf_counter()
     read, start = 0, 1

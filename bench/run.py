@@ -151,7 +151,9 @@ def write_data(size: Size, work: Path) -> tuple[Path, int, list[str]]:
     return data, events, periods
 
 
-def run_one(size: Size, kind: str, dbs: Databases, data: Path, periods: list[str], peer: bool) -> dict[str, Any]:
+def run_one(
+    size: Size, kind: str, dbs: Databases, data: Path, periods: list[str], peer: bool, budget: float = 0
+) -> dict[str, Any]:
     say(f"  {size.name} on {kind}: build (ingest + close, month by month)")
     url = dbs.new(kind, f"{size.name}_{kind}")
     nov, dec = periods[-2], periods[-1]
@@ -187,8 +189,9 @@ def run_one(size: Size, kind: str, dbs: Databases, data: Path, periods: list[str
     }
     if peer:
         say("    peer: eventsourcing append + read")
-        p = phase("peer", dbs.new(kind, f"{size.name}_{kind}_peer"), str(data))
+        p = phase("peer", dbs.new(kind, f"{size.name}_{kind}_peer"), str(data), str(budget))
         out |= {
+            "peer_events": p["events"],
             "peer_append_eps": p["append_eps"],
             "peer_read_eps": p["read_eps"],
             "peer_rss_mb": p["rss_mb"],
@@ -207,9 +210,11 @@ def run_growth(size: Size, kind: str, dbs: Databases, work: Path) -> dict[str, A
         data, _, periods = write_data(s, work)
         say(f"  growth: {s.name} ({s.years} years) on {kind}")
         built = phase("build", dbs.new(kind, f"{s.name}_growth"), str(data), "9999-12")
-        last_year = [t for p, t in built["closes"].items() if p.startswith(periods[-1][:4])]
+        last_months = {p for p in built["closes"] if p.startswith(periods[-1][:4])}
+        last_year = [built["closes"][p] for p in sorted(last_months)]
         out[f"{s.years}y"] = {
             "events": built["events"],
+            "lines_last_year_mean": round(statistics.mean(n for p, n in built["lines"].items() if p in last_months)),
             "close_last_year_mean_s": round(statistics.mean(last_year), 3),
             "close_last_year_max_s": max(last_year),
             "closes": built["closes"],
@@ -251,7 +256,9 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{r['size']:<4} {r['db']:<9} {r['peer_append_eps']:>16,} {r['peer_read_eps']:>15,} "
                 f"{r['ratio_ingest']:>13.2f}x {r['ratio_replay_verify_seq']:>10.2f}x | "
                 f"{r['ratio_replay_verify_par']:.2f}x"
-            )
+                + (f"  (peer stopped by --peer-budget after {r['peer_events']:,} events)"
+                   if r.get("peer_events", r["events"]) < r["events"] else "")
+            )  # fmt: skip
     return "\n".join(lines)
 
 
@@ -290,6 +297,9 @@ def main() -> None:
         "--pg-url", default=os.environ.get("INCENTIVE_BENCH_PG", PG_DEFAULT), help="server to create databases on"
     )
     ap.add_argument("--no-peer", action="store_true", help="skip the eventsourcing comparison")
+    ap.add_argument(
+        "--peer-budget", type=float, default=0, help="stop the peer's append after this many seconds (0: never)"
+    )
     ap.add_argument("--growth", action="store_true", help="also compare 5 and 10 years of history (SQLite)")
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     args = ap.parse_args()
@@ -308,7 +318,7 @@ def main() -> None:
             size = SIZES[name]
             data, _, periods = write_data(size, work)
             for kind in kinds:
-                rows.append(run_one(size, kind, dbs, data, periods, not args.no_peer))
+                rows.append(run_one(size, kind, dbs, data, periods, not args.no_peer, args.peer_budget))
                 print(table(rows[-1:]), flush=True)
             shutil.rmtree(data)
             if args.growth:
@@ -323,6 +333,8 @@ def main() -> None:
             f"\ngrowth ({g['size']}, {g['db']}): mean monthly close in the last year, "
             f"{y5['events']:,} events (5 years): {y5['close_last_year_mean_s']:.3f} s; "
             f"{y10['events']:,} events (10 years): {y10['close_last_year_mean_s']:.3f} s; ratio {g['ratio_mean']:.2f}"
+            f"\n  (lines issued per close in that year, mean: {y5['lines_last_year_mean']:,} and "
+            f"{y10['lines_last_year_mean']:,})"
         )
     results = HERE / "results"
     results.mkdir(exist_ok=True)
