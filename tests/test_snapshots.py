@@ -348,7 +348,7 @@ def test_listing_merges_stored_forfeitures_in_order_and_decodes_them_only_when_r
     assert len(pairs) > 6
     kept, stored = pairs[::3], pairs[1::3] + pairs[2::3]  # every third evaluated, the rest as stored text
     rows = [
-        ((e.obligation.rep_id, e.obligation.contract_id or "", e.obligation.obligation_id),
+        (e.obligation.rep_id, e.obligation.contract_id or "", e.obligation.obligation_id,
          obligations.evaluation_to_json(e), str(p))
         for e, p in reversed(stored)
     ]  # fmt: skip

@@ -5,18 +5,21 @@ from __future__ import annotations
 import calendar
 import re
 from datetime import date, timedelta
+from functools import lru_cache
 
 import pendulum
 
 _PERIOD = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 
 
+@lru_cache(maxsize=1 << 16)  # pure, and asked for every tranche of every contract a close evaluates
 def add_years(d: date, years: int) -> date:
     """2024-02-29 + 1 year = 2025-02-28; + 4 years = 2028-02-29 (pendulum clamps to month end)."""
     p = pendulum.date(d.year, d.month, d.day).add(years=years)
     return date(p.year, p.month, p.day)
 
 
+@lru_cache(maxsize=1 << 16)
 def add_months(d: date, months: int) -> date:
     p = pendulum.date(d.year, d.month, d.day).add(months=months)
     return date(p.year, p.month, p.day)

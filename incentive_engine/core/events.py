@@ -396,6 +396,9 @@ _COMMON = frozenset(("type", "effective", "event_id"))
 
 
 def _jsonable(value: Any) -> Any:
+    kind = type(value)
+    if kind is str or kind is int or value is None:  # most leaves (a cycle's lines are all text)
+        return value
     if isinstance(value, Decimal):
         return format(value, "f")
     if isinstance(value, date):

@@ -30,6 +30,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, overload
 
 from sqlalchemy import bindparam, text
@@ -102,6 +103,16 @@ def evaluation_from_json(text_: str) -> Evaluation:
     )  # fmt: skip
 
 
+# the stored forfeitures (evaluation kept) as (payee, contract or "", obligation, evaluation, paid, lines,
+# trued up to zero?): the first three are their place in the listing (``_order``)
+_STORED = (
+    f"SELECT payee, COALESCE(contract_id, ''), obligation_id, evaluation, paid, lines, "
+    f"CASE WHEN CAST(paid AS NUMERIC) = 0 THEN 1 ELSE 0 END FROM {OBLIGATION_TABLE} "
+    "WHERE status = 'forfeited' AND evaluation IS NOT NULL"
+)
+_stored_key = itemgetter(0, 1, 2)
+
+
 def _order(ev: Evaluation) -> tuple[str, str, str]:
     """The order of a cycle's evaluations (``evaluate_all``): payee, contract, obligation."""
     ob = ev.obligation
@@ -115,34 +126,33 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
 
     __slots__ = ("_items",)
 
-    def __init__(self, items: list[tuple[Evaluation, Decimal] | tuple[str, str]]) -> None:
-        self._items = items  # (evaluation, paid) or (stored evaluation text, paid text)
+    def __init__(self, items: list[tuple[Any, ...]]) -> None:
+        self._items = items  # (evaluation, paid), or a stored row (payee, contract, obligation, text, paid, ...)
 
     @classmethod
     def merged(
-        cls, listed: Sequence[tuple[Evaluation, Decimal]], stored: list[tuple[tuple[str, str, str], str, str]]
+        cls, listed: Sequence[tuple[Evaluation, Decimal]], stored: list[tuple[Any, ...]]
     ) -> Sequence[tuple[Evaluation, Decimal]]:
-        """``listed`` (in evaluation order) and ``stored`` ((order key, text, paid) in any order), merged."""
+        """``listed`` (in evaluation order) and ``stored`` rows (payee, contract or "", obligation,
+        evaluation text, paid text, ...) in any order, merged in evaluation order."""
         if not stored:
             return listed
-        stored.sort(key=lambda s: s[0])
-        keys = [s[0] for s in stored]
-        items: list[tuple[Evaluation, Decimal] | tuple[str, str]] = []
+        stored.sort(key=_stored_key)
+        items: list[tuple[Any, ...]] = []
         start = 0
         for pair in listed:
-            at = bisect_left(keys, _order(pair[0]), start)
-            items += [(text_, p) for _, text_, p in stored[start:at]]
+            at = bisect_left(stored, _order(pair[0]), start, key=_stored_key)
+            items += stored[start:at]
             items.append(pair)
             start = at
-        items += [(text_, p) for _, text_, p in stored[start:]]
+        items += stored[start:]
         return cls(items)
 
     @staticmethod
-    def _decoded(item: tuple[Any, Any]) -> tuple[Evaluation, Decimal]:
-        first, paid = item
-        if isinstance(first, str):
-            return evaluation_from_json(first), Decimal(paid)
-        return item
+    def _decoded(item: tuple[Any, ...]) -> tuple[Evaluation, Decimal]:
+        if isinstance(item[0], str):  # a stored row
+            return evaluation_from_json(item[3]), Decimal(item[4])
+        return item  # type: ignore[return-value]
 
     def __len__(self) -> int:
         return len(self._items)
@@ -301,22 +311,20 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     # line: it only joins the listing, kept as its stored text until someone reads it (``Listing``). There
     # is one per forfeiture ever made, the one part of a close that grows with the ledger's age.
     fresh = {e.obligation.obligation_id for e in evaluated}
-    stored: list[tuple[tuple[str, str, str], str, str]] = []
-    again: list[Evaluation] = []  # not trued up to zero (not expected): through the cycle like the others
     paid = {oid: r.paid for oid, r in rows.items()}
     counts = {oid: r.lines for oid, r in rows.items()}
-    sql = (
-        f"SELECT obligation_id, payee, contract_id, paid, lines, evaluation FROM {OBLIGATION_TABLE} "
-        "WHERE status = 'forfeited'"
-    )
-    for oid, payee, cid, p, n, ev in driver_rows(conn, sql, ()):  # the longest read of a close: driver tuples
-        if oid in fresh or ev is None:
+    # a forfeiture not trued up to zero (none expected) goes through the cycle like the evaluated ones; the
+    # rest join the listing as the driver returns them (a membership test each; decoded when read)
+    stored: list[tuple[Any, ...]] = []
+    again: list[Evaluation] = []
+    for row in driver_rows(conn, _STORED, ()):
+        if row[2] in fresh:
             continue
-        if Decimal(p):
-            again.append(evaluation_from_json(ev))
-            paid[oid], counts[oid] = Decimal(p), int(n)
+        if row[6]:
+            stored.append(row)
         else:
-            stored.append(((payee, cid or "", oid), ev, p))
+            again.append(evaluation_from_json(row[3]))
+            paid[row[2]], counts[row[2]] = Decimal(row[4]), int(row[5])
 
     evaluations = evaluated + again
     evaluations.sort(key=_order)
