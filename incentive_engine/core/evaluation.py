@@ -113,7 +113,7 @@ def obligations_of(contract: Contract, plan: Plan, state: LedgerState, as_of: da
         vest = add_years(contract.signed, years)
         if vest > as_of:
             break
-        yield Obligation(f"{cid}/tranche/{k}", "tranche", cid, contract.seller, cur, vest, base, h, tranche=k)
+        yield Obligation(tranche_id(cid, k), "tranche", cid, contract.seller, cur, vest, base, h, tranche=k)
     rate = plan.model.commission.renewal_rate
     # one renewal obligation per date: a second renewal recorded for the same date corrects the first
     # (the latest recorded wins, as it does for the contract's ACV and term)
@@ -401,6 +401,10 @@ Scope = tuple[str, ...]
 
 def upfront_id(contract_id: str) -> str:
     return f"{contract_id}/upfront"
+
+
+def tranche_id(contract_id: str, k: int) -> str:
+    return f"{contract_id}/tranche/{k}"
 
 
 def costs_needed_from(book: PlanBook, due: date) -> date:

@@ -46,6 +46,7 @@ from ..core.evaluation import (
     costs_needed_from,
     evaluate_all,
     fact_scopes,
+    tranche_id,
     upfront_id,
 )
 from ..core.money import ZERO
@@ -275,20 +276,12 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     as_of = period_end(period)
     work = _what_changed(conn, book, last, as_of, head)
 
-    # the partial state: the contracts to evaluate and the reps' context, in ledger order; of a contract's
-    # service costs (most of its events) only those the rules can read for the obligations evaluated
-    by_cutoff: dict[date, list[str]] = {}
-    for cid in work.contracts:
-        earliest = work.earliest.get(cid, date.min)
-        cutoff = date.min if earliest == date.min else costs_needed_from(book, earliest).replace(day=1)
-        by_cutoff.setdefault(cutoff, []).append(f"contract:{cid}")
-    # (plain rows, folded by the projector's fast path: no event objects are built for them)
-    records: list[tuple[Any, ...]] = []
-    for cutoff, streams in by_cutoff.items():
-        if cutoff == date.min:
-            records += stream_rows(conn, streams)
-        else:
-            records += stream_rows(conn, streams, "type <> 'service.cost' OR effective >= ?", (cutoff.isoformat(),))
+    # the partial state, in two reads of plain rows (folded by the projector's fast path, no event objects):
+    # every event of the contracts to evaluate but their service costs, and the reps' context; then the
+    # service costs (most of a contract's events) of the contracts with a tranche to evaluate, from that
+    # tranche's window on: the one rule that reads costs, ``_earned_tranche``, reads no earlier ones
+    streams = [f"contract:{cid}" for cid in work.contracts]
+    records = stream_rows(conn, streams, "type <> 'service.cost'")
     records += rows_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
     # scorecards: a tranche vesting in year Y reads the seller's Y-1 scorecard, so only the years from the
     # one before the earliest due date evaluated (the reps' yearly scorecards are most of the context)
@@ -296,7 +289,22 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     records += rows_where(
         conn, f"type = 'scorecard.published' AND {year} >= ?", (_earliest_due(work, records).year - 1,)
     )
-    state = _fold(records)
+    projector = Projector()
+    fold_sorted(records, projector)
+    state = projector.state
+    costs_from: dict[date, list[str]] = {}
+    for cid in work.contracts:
+        first = _first_tranche(book, state, cid, as_of, work)
+        if first is not None:
+            costs_from.setdefault(costs_needed_from(book, first).replace(day=1), []).append(f"contract:{cid}")
+    costs: list[tuple[Any, ...]] = []
+    for cutoff, with_tranche in costs_from.items():
+        # (type || '': an expression, so that the planner looks these streams up by stream_id rather than
+        # scanning every service cost since the cutoff through the (type, effective) index)
+        costs += stream_rows(
+            conn, with_tranche, "type || '' = 'service.cost' AND effective >= ?", (cutoff.isoformat(),)
+        )
+    fold_sorted(costs, projector)  # (a contract's costs are kept in date order whatever the fold order)
     evaluated = evaluate_all(book, state, as_of, work.selects)
 
     rows: dict[str, _Row] = {}
@@ -430,12 +438,6 @@ def _upsert(conn: Connection, rows: Sequence[tuple[Any, ...]]) -> None:
 # --- what changed since the last close ----------------------------------------------------------------
 
 
-def _fold(rows: list[tuple[Any, ...]]) -> LedgerState:
-    projector = Projector()
-    fold_sorted(rows, projector)
-    return projector.state
-
-
 @dataclass
 class _Work:
     """What an incremental close evaluates: obligations due from a date (per contract), single
@@ -452,17 +454,37 @@ class _Work:
         self.earliest[contract_id] = min(day, self.earliest.get(contract_id, day))
 
     def selects(self, ob: Obligation) -> bool:
-        if ob.due > self.after or ob.obligation_id in self.ids:
+        return self.selects_due(ob.contract_id or "", ob.obligation_id, ob.due)
+
+    def selects_due(self, contract_id: str, obligation_id: str, due: date) -> bool:
+        if due > self.after or obligation_id in self.ids:
             return True
-        since = self.since.get(ob.contract_id or "")
-        return since is not None and ob.due >= since
+        since = self.since.get(contract_id)
+        return since is not None and due >= since
+
+
+def _first_tranche(book: PlanBook, state: LedgerState, cid: str, as_of: date, work: _Work) -> date | None:
+    """The due date of the first tranche of ``cid`` the close evaluates (as ``obligations_of`` lists them),
+    or None when it evaluates none."""
+    c = state.contracts.get(cid)
+    if c is None or c.signed > as_of:
+        return None
+    for k, years in enumerate(book.in_force(c.signed).model.commission.tranches.vesting_years, 1):
+        vest = add_years(c.signed, years)
+        if vest > as_of:
+            return None
+        if work.selects_due(cid, tranche_id(cid, k), vest):
+            return vest
+    return None
 
 
 def _what_changed(conn: Connection, book: PlanBook, last: _LastCycle, as_of: date, head: int) -> _Work:
     """The obligations that may evaluate differently at ``as_of`` than at the last close: those reached
     (``fact_scopes``) by facts recorded since the position it saw, or effective since its as-of date."""
     seen, before = last.ledger_position, last.as_of
-    changed = rows_where(conn, "position > ? AND position <= ?", (seen, head))
+    # facts effective after as_of change nothing yet (every rule reads facts effective by as_of); the close
+    # whose window holds their date finds them with the facts "ahead" below
+    changed = rows_where(conn, "position > ? AND position <= ? AND effective <= ?", (seen, head, as_of.isoformat()))
     # facts recorded before the last close but effective since its as-of date: positions first (from the
     # effective index alone, which holds the position), then those few rows
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
