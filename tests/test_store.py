@@ -213,6 +213,20 @@ def test_a_ledger_at_0003_upgrades_to_the_effective_content_index(ledger: Ledger
     assert ledger.content_hash_counts([("2026-03-01", h)]) == {h: 2}
 
 
+def test_a_large_append_leaves_the_planner_statistics_on_postgresql(ledger: Ledger) -> None:
+    """PostgreSQL plans the ledger's lookups from statistics; a server with autovacuum off never gathers
+    them, so the writer analyzes the table after an append of a tenth of it (SQLite needs none)."""
+    append(ledger, [hire(f"R{i}") for i in range(1200)])
+    with ledger.engine.connect() as conn:
+        if ledger.dialect == "postgresql":
+            sql = "SELECT COUNT(*) FROM pg_stats WHERE tablename = 'ledger_event' AND attname = 'stream_id'"
+            assert conn.execute(text(sql)).scalar_one() == 1
+        else:
+            assert conn.execute(text("SELECT COUNT(*) FROM sqlite_master WHERE name = 'sqlite_stat1'")).scalar() == 0
+    append(ledger, [hire("R-one-more")])  # small appends leave the statistics to autovacuum
+    assert ledger.verify().ok
+
+
 # --- round trip ---------------------------------------------------------------------------------
 
 

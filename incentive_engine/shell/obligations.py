@@ -52,7 +52,7 @@ from ..core.evaluation import (
 from ..core.money import ZERO
 from ..core.plan import PlanBook
 from ..core.projections import LedgerState, Projector, Renewal
-from .store import Writer, driver_rows, fact_views, fold_sorted, rows_where, stream_rows
+from .store import Writer, driver_rows, fact_views, fold_sorted, refresh_statistics, rows_where, stream_rows
 from .tables import META_TABLE, OBLIGATION_TABLE
 
 FORMAT = 1  # bump when the rows' meaning changes: older projections are then rebuilt
@@ -404,6 +404,7 @@ def record(w: Writer, book: PlanBook, plan: Prepared) -> None:
     if plan.full:
         conn.execute(text(f"DELETE FROM {OBLIGATION_TABLE}"))
     _upsert(conn, changed)
+    refresh_statistics(conn, OBLIGATION_TABLE, len(changed), count)
     params = {
         "n": META_NAME, "f": FORMAT, "p": plan.result.period, "cp": position, "ch": hash_, "b": book_key(book),
         "r": count,

@@ -62,6 +62,7 @@ __all__ = [
     "head_revision",
     "migrations_dir",
     "read_where",
+    "refresh_statistics",
     "rows_where",
     "stream_rows",
     "utc_now",
@@ -564,6 +565,16 @@ def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, i
     return out
 
 
+def refresh_statistics(conn: Connection, table: str, written: int, total: int) -> None:
+    """PostgreSQL: ``ANALYZE`` a table after a write of at least a tenth of its rows (and 1,000 rows), so
+    that the planner knows its size and columns. Without statistics (a new ledger, or a server run with
+    autovacuum off, as this project's CI machine is) it estimated a 2M-event ledger's stream lookups as
+    scans of the whole table: an incremental close took 30 s instead of 6. ANALYZE samples a fixed number
+    of rows (about 0.3 s) and runs in the writer's transaction; SQLite plans well without statistics."""
+    if conn.dialect.name == "postgresql" and written >= 1000 and written * 10 >= total:
+        conn.exec_driver_sql(f"ANALYZE {table}")
+
+
 # --- the store ----------------------------------------------------------------------------------
 
 
@@ -950,4 +961,5 @@ class Writer:
             ) from exc
         self._head = (position, prev, recorded_at)
         self._versions.update(versions)
+        refresh_statistics(conn, TABLE, len(rows), position)
         return out
