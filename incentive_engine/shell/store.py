@@ -61,7 +61,6 @@ __all__ = [
     "fold_sorted",
     "head_revision",
     "migrations_dir",
-    "read_where",
     "refresh_statistics",
     "rows_where",
     "stream_rows",
@@ -333,19 +332,10 @@ def _rebuild_trusted(type_: str, effective: str, event_id: str | None, payload: 
     just verified). Produces an event equal to ``from_stored``'s; unknown shapes fall back to it."""
     plan = _fast_plan(type_)
     data = _loads(payload)
-    if plan is None or not isinstance(data, dict):
+    if plan is None or not _fits(plan, data):  # a missing or unknown key: let validation say so
         return from_stored(type_, effective, event_id, data)
-    keys = data.keys()
-    if not (keys <= plan.allowed and plan.required <= keys):  # a missing or unknown key: let validation say so
-        return from_stored(type_, effective, event_id, data)
-    # fields in model order (dict.update keeps the template's order), then the few conversions
-    values: dict[str, Any] = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template}
-    values.update(data)
-    for name, conv in plan.converters:
-        value = values[name]
-        if value is not None and name in data:  # defaults stay as the model declares them
-            values[name] = conv(value)
-    fields_set = set(keys)
+    values = _typed_values(plan, type_, effective, event_id, data)
+    fields_set = set(data)
     fields_set.add("type")
     fields_set.add("effective")
     if event_id is not None:
@@ -361,6 +351,20 @@ def _rebuild_trusted(type_: str, effective: str, event_id: str | None, payload: 
 def _fits(plan: _FastPlan, data: Any) -> bool:
     """A payload the fast path can take: an object with every required key and no unknown one."""
     return isinstance(data, dict) and data.keys() <= plan.allowed and plan.required <= data.keys()
+
+
+def _typed_values(
+    plan: _FastPlan, type_: str, effective: str, event_id: str | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    """An event's field values from a payload that ``_fits``: in model order (``dict.update`` keeps the
+    template's order), defaults for absent fields, then the few conversions (Decimals, dates, tuples)."""
+    values: dict[str, Any] = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template}
+    values.update(data)
+    for name, conv in plan.converters:
+        value = values[name]
+        if value is not None and name in data:  # defaults stay as the model declares them
+            values[name] = conv(value)
+    return values
 
 
 class _Values:
@@ -384,14 +388,8 @@ def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
             event = _rebuild_trusted(type_, effective, event_id, payload)
             apply(Recorded(position, recorded_at, stream_id, stream_version, event))
             continue
-        values = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template}
-        values.update(data)
-        for name, conv in plan.converters:
-            value = values[name]
-            if value is not None and name in data:
-                values[name] = conv(value)
         bag = _Values()
-        bag.__dict__ = values
+        bag.__dict__ = _typed_values(plan, type_, effective, event_id, data)
         apply_values(position, stream_id, stream_version, type_, bag)
 
 
@@ -449,14 +447,6 @@ def _read(
     return _to_recorded(_stream(conn, _READ_COLUMNS, after, upto, recorded_upto), validate)
 
 
-def read_where(conn: Connection, clause: str, params: Sequence[Any]) -> list[Recorded]:
-    """The events matching an SQL ``clause`` (``?`` placeholders), in position order, rebuilt on the
-    trusted fast path: for the engine's own derived reads (e.g. an incremental close), never for audit."""
-    rows = rows_where(conn, clause, params)
-    rows.sort(key=_position)
-    return list(_to_recorded(rows, validate=False))
-
-
 def rows_where(conn: Connection, clause: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
     """The stored rows (``_READ_COLUMNS``) matching an SQL ``clause`` (``?`` placeholders), in no
     particular order: for the engine's derived reads, which fold them (``fold_rows``) or scan them."""
@@ -490,8 +480,8 @@ def fold_sorted(rows: list[tuple[Any, ...]], projector: Projector) -> None:
 
 def fact_views(rows: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
     """Each row's event as a view for code that reads a few of its fields (``core.evaluation.fact_scopes``):
-    an object with the payload's fields over the model's defaults, ``type`` and ``effective`` (a date), no
-    other conversion and no validation. Rows the fast path does not know are rebuilt as events."""
+    an object with the event's typed field values (as ``fold_rows`` gives them to the projection), no
+    validation. Rows the fast path does not know are rebuilt as events."""
     for _, _, _, type_, effective, event_id, _, payload in rows:
         plan = _fast_plan(type_)
         data = _loads(payload) if plan is not None else None
@@ -499,7 +489,7 @@ def fact_views(rows: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
             yield _rebuild_trusted(type_, effective, event_id, payload)
             continue
         view = _Values()
-        view.__dict__ = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template, **data}
+        view.__dict__ = _typed_values(plan, type_, effective, event_id, data)
         yield view
 
 
