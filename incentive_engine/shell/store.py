@@ -51,6 +51,11 @@ from ..core.projections import Projector, Recorded
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
 from .tables import COLUMNS, PG_TRIGGER_FUNCTION, PG_TRUNCATE_TRIGGER, SQLITE_REPLACE_TRIGGERS, TABLE, TRIGGERS
 
+try:  # the native chain checker (setup.py); optional: without it the Python verifier does the work
+    from . import _chain_sqlite
+except ImportError:  # pragma: no cover - only where the C part did not build
+    _chain_sqlite = None
+
 __all__ = [
     "Ledger",
     "VerifyReport",
@@ -784,46 +789,65 @@ class Ledger:
 
     def verify(self) -> VerifyReport:
         """Recompute the hash chain from position 1 and check the schema (head revision, append-only
-        triggers). Reports the first position whose row was altered, removed or reordered."""
+        triggers). Reports the first position whose row was altered, removed or reordered.
+
+        On an SQLite file the native checker (``_chain_sqlite``) makes a first pass; only if it finds
+        something wrong (or is not built) do the rows go through the Python verifier, which writes the
+        report: the same rules, one source for the messages."""
         self.check_schema()
-        engine = self.engine
-        count = 0
-        with engine.connect() as conn:
+        with self.engine.connect() as conn:
             schema_problems = self._trigger_problems(conn)
-            bad: tuple[int, str] | None = None
-            expected_position = 1
-            prev = GENESIS_HASH
-            versions: dict[str, int] = {}
-            for row in _stream(conn, _ALL_COLUMNS):
-                position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload, ch, h = row
-                if position != expected_position:
-                    bad = (expected_position, "missing (row removed)")
-                    break
-                try:
-                    record = RECORD_TEXT(
-                        position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload
-                    )
-                    if h != chain_hash(prev, record):
-                        bad = (position, "hash mismatch (row altered, removed or reordered)")
-                        break
-                    if ch != content_hash(type_, effective, payload):
-                        bad = (position, "content hash does not match the event (column altered)")
-                        break
-                except (TypeError, ValueError, AttributeError):  # a column of the wrong type (SQLite allows it)
-                    bad = (position, "a column holds a value of the wrong type (row altered)")
-                    break
-                if stream_version != versions.get(stream_id, 0) + 1:
-                    bad = (position, f"stream {stream_id} version {stream_version} out of sequence")
-                    break
-                versions[stream_id] = stream_version
-                prev = h
-                expected_position += 1
-                count += 1
+            native = _native_verify(self.url)
+            if native is not None and native[0]:
+                bad, count = None, native[1]
+            else:
+                bad, count = _verify_rows(_stream(conn, _ALL_COLUMNS))
         messages = [f"position {bad[0]}: {bad[1]}"] if bad else []
         messages += schema_problems
         if not messages:
             return VerifyReport(True, count, None, f"ledger verified: {count} events, chain and schema intact")
         return VerifyReport(False, count, bad[0] if bad else None, "; ".join(messages))
+
+
+def _verify_rows(rows: Iterable[tuple[Any, ...]]) -> tuple[tuple[int, str] | None, int]:
+    """The chain check over stored rows (``tables.COLUMNS``) in position order: (the first bad position
+    and why, or None; how many rows were good before it)."""
+    count = 0
+    expected_position = 1
+    prev = GENESIS_HASH
+    versions: dict[str, int] = {}
+    for row in rows:
+        position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload, ch, h = row
+        if position != expected_position:
+            return (expected_position, "missing (row removed)"), count
+        try:
+            record = RECORD_TEXT(position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload)
+            if h != chain_hash(prev, record):
+                return (position, "hash mismatch (row altered, removed or reordered)"), count
+            if ch != content_hash(type_, effective, payload):
+                return (position, "content hash does not match the event (column altered)"), count
+        except (TypeError, ValueError, AttributeError):  # a column of the wrong type (SQLite allows it)
+            return (position, "a column holds a value of the wrong type (row altered)"), count
+        if stream_version != versions.get(stream_id, 0) + 1:
+            return (position, f"stream {stream_id} version {stream_version} out of sequence"), count
+        versions[stream_id] = stream_version
+        prev = h
+        expected_position += 1
+        count += 1
+    return None, count
+
+
+def _native_verify(url: str) -> tuple[bool, int] | None:
+    """The native checker's verdict on an SQLite file ledger: (every row good?, rows read); None when it
+    does not apply (PostgreSQL, an in-memory database, not built, ``INCENTIVE_NATIVE=0``) or could not
+    read the file."""
+    if _chain_sqlite is None or os.environ.get("INCENTIVE_NATIVE") == "0":
+        return None
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:") or u.query:
+        return None
+    result: tuple[bool, int] | None = _chain_sqlite.verify(str(u.database))
+    return result
 
 
 class Writer:
