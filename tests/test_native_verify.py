@@ -77,7 +77,9 @@ def both(path: str) -> tuple[tuple[bool, int] | None, tuple[Any, int]]:
     native = store._chain_sqlite.verify(path)
     con = sqlite3.connect(path)
     try:
-        python = store._verify_rows(con.execute(f"SELECT {', '.join(store.COLUMNS)} FROM ledger_event ORDER BY position"))
+        python = store._verify_rows(
+            con.execute(f"SELECT {', '.join(store.COLUMNS)} FROM ledger_event ORDER BY position")
+        )
     finally:
         con.close()
     return native, python
@@ -162,7 +164,7 @@ def test_verify_reports_the_same_through_either_path(ledger_url: str, monkeypatc
             reports.append(led.verify())
     assert reports[0] == reports[1] and reports[0].ok and reports[0].events == 9
     con.execute("DROP TRIGGER ledger_event_no_update")
-    con.execute("UPDATE ledger_event SET payload = '{\"amount\":\"7\"}' WHERE position = 4")
+    con.execute('UPDATE ledger_event SET payload = \'{"amount":"7"}\' WHERE position = 4')
     con.close()
     reports = []
     for native in ("1", "0"):
