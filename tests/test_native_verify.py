@@ -23,11 +23,12 @@ from incentive_engine.core.canonical import GENESIS_HASH, canonical_json, chain_
 from incentive_engine.shell import store
 from incentive_engine.shell.store import RECORD_TEXT, Ledger
 
-pytestmark = pytest.mark.skipif(
+needs_native = pytest.mark.skipif(
     store._chain_sqlite is None and not os.environ.get("CI"), reason="the native checker is not built here"
 )
 
 
+@needs_native
 def test_the_native_checker_is_built() -> None:
     # in CI it must be: without it verify silently falls back to the (4-5x slower) Python verifier
     assert store._chain_sqlite is not None, "incentive_engine/shell/_chain_sqlite.c did not build (see setup.py)"
@@ -108,6 +109,7 @@ RECORDS = st.lists(
 )
 
 
+@needs_native
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=RECORDS)
 @example(records=[(ODD, ODD, ODD, ODD, ODD, {ODD: ODD})] * 2)
@@ -126,6 +128,7 @@ EDITS = [
 ]  # fmt: skip
 
 
+@needs_native
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=RECORDS, at=st.integers(0, 7), edit=st.sampled_from(EDITS))
 def test_the_native_checker_rejects_whatever_the_python_verifier_rejects(
@@ -148,6 +151,7 @@ def test_the_native_checker_rejects_whatever_the_python_verifier_rejects(
         assert native is not None and native[0] is False
 
 
+@needs_native
 def test_verify_reports_the_same_through_either_path(ledger_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if not ledger_url.startswith("sqlite"):
         pytest.skip("the native checker reads SQLite files")
@@ -173,3 +177,93 @@ def test_verify_reports_the_same_through_either_path(ledger_url: str, monkeypatc
             reports.append(led.verify())
     assert reports[0] == reports[1]
     assert (reports[0].ok, reports[0].first_bad_position, reports[0].events) == (False, 4, 3)
+
+
+# --- PostgreSQL: the chain checked by the server (store._server_verify) --------------------------------
+
+PG_TEXT = ODD_TEXT.filter(lambda t: "\x00" not in t)  # PostgreSQL text cannot hold NUL
+PG_RECORDS = st.lists(
+    st.tuples(PG_TEXT, st.none() | PG_TEXT, PG_TEXT, PG_TEXT, PG_TEXT, st.dictionaries(PG_TEXT, PG_TEXT, max_size=3)),
+    min_size=1,
+    max_size=8,
+)
+
+
+@pytest.fixture
+def pg_schemas(fresh_db_urls: Any) -> Any:
+    """``make(rows) -> connection`` whose search path finds a new ``ledger_event`` table holding ``rows``
+    (a schema per example, in one database)."""
+    from sqlalchemy import create_engine
+
+    engine = create_engine(fresh_db_urls("postgres"))
+    with Ledger(str(engine.url.render_as_string(hide_password=False))) as led:
+        led.init()
+    made = []
+
+    def make(rows: list[Any]) -> Any:
+        name = f"s{len(made)}"
+        made.append(name)
+        conn = engine.connect()
+        conn.exec_driver_sql(f"CREATE SCHEMA {name}")
+        conn.exec_driver_sql(f"CREATE TABLE {name}.ledger_event (LIKE public.ledger_event INCLUDING ALL)")
+        conn.exec_driver_sql(f"SET search_path TO {name}")
+        try:
+            conn.exec_driver_sql(
+                "INSERT INTO ledger_event VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)", [tuple(r) for r in rows]
+            )
+        except Exception:
+            conn.close()
+            raise
+        conn.commit()
+        return conn
+
+    yield make
+    engine.dispose()
+
+
+def both_on_postgres(conn: Any) -> tuple[tuple[bool, int] | None, tuple[Any, int]]:
+    server = store._server_verify(conn)
+    conn.rollback()
+    cur = conn.connection.dbapi_connection.cursor()
+    cur.execute(f"SELECT {', '.join(store.COLUMNS)} FROM ledger_event ORDER BY position")
+    python = store._verify_rows(cur.fetchall())
+    conn.close()
+    return server, python
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(records=PG_RECORDS)
+@example(records=[(c, c, c, c, c, {c: c}) for c in ODD if c != "\x00"])
+def test_the_server_accepts_every_well_chained_ledger(pg_schemas: Any, records: list[Any]) -> None:
+    rows = chained(records)
+    server, (bad, count) = both_on_postgres(pg_schemas(rows))
+    assert bad is None and count == len(rows)
+    assert server == (True, len(rows))
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    records=PG_RECORDS, at=st.integers(0, 7), edit=st.sampled_from([e for e in EDITS if not isinstance(e[1], bytes)])
+)
+def test_the_server_rejects_whatever_the_python_verifier_rejects(
+    pg_schemas: Any, records: list[Any], at: int, edit: tuple[int, Any]
+) -> None:
+    rows = [list(r) for r in chained(records)]
+    column, value = edit
+    row = rows[at % len(rows)]
+    if column in (0, 2) and isinstance(value, str):
+        value = int(value)  # PostgreSQL's integer columns take integers only
+    if row[column] == value:
+        return
+    row[column] = value
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        conn = pg_schemas(rows)
+    except IntegrityError:
+        assume(False)
+    server, (bad, count) = both_on_postgres(conn)
+    if bad is None:
+        assert server == (True, count)
+    else:
+        assert server is not None and server[0] is False

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import dates
 from .canonical import canonical_json, sha256_hex
@@ -52,9 +52,12 @@ class Recorded:
     event: Event
 
 
-@dataclass(frozen=True, slots=True)
-class Fact:
-    """A dated value with the ledger position that recorded it (for 'as known' reads and for explain)."""
+class Fact(NamedTuple):
+    """A dated value with the ledger position that recorded it (for 'as known' reads and for explain).
+
+    A named tuple rather than a frozen dataclass: as immutable, and built three times faster (a frozen
+    dataclass sets each field through ``object.__setattr__``); a replay builds one per service cost,
+    expansion, reassignment and KPI, most of a ledger's events."""
 
     effective: date
     position: int
@@ -221,7 +224,6 @@ class LedgerState:
     adjustments: list[Adjustment] = field(default_factory=list)
     cycles: dict[str, ClosedCycle] = field(default_factory=dict)
     plans: dict[str, RegisteredPlan] = field(default_factory=dict)
-    stream_versions: dict[str, int] = field(default_factory=dict)
     # derived, not state: vetoes by contract and by rep (see ``vetoes_by``); not dumped, not compared
     _veto_index: tuple[int, dict[str, list[Violation]], dict[str, list[Violation]]] | None = field(
         default=None, repr=False, compare=False
@@ -290,20 +292,18 @@ class Projector:
         e = rec.event
         pos = rec.position
         s.position = pos
-        s.stream_versions[rec.stream_id] = rec.stream_version
         handler = _HANDLERS.get(type(e))
         if handler is None:
             raise TypeError(f"no projection for event type {e.type}")
         handler(s, e, pos, rec)
 
-    def apply_values(self, position: int, stream_id: str, stream_version: int, type_: str, values: Any) -> None:
+    def apply_values(self, position: int, type_: str, values: Any) -> None:
         """The same step for a business fact given as its field values (any object with the event's
         attributes, already typed: dates, Decimals) rather than as a validated event: a full replay of
         rows already validated on their way in skips building millions of event objects. The engine's
         own events (which need their ``Recorded``) go through ``apply``."""
         s = self.state
         s.position = position
-        s.stream_versions[stream_id] = stream_version
         _FACT_HANDLERS[type_](s, values, position, None)
 
 

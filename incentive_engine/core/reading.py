@@ -49,6 +49,12 @@ def _decimal(text: str) -> Decimal:
     return Decimal(text)
 
 
+# one decoder for every line: json.loads with options builds a new JSONDecoder per call
+_LINE_DECODER = json.JSONDecoder(
+    parse_float=_decimal, parse_int=_big_int, parse_constant=_no_constants, object_pairs_hook=_no_duplicates
+)
+
+
 def _jsonl_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | None, Problem | None]]:
     # split at newlines only: str.splitlines() would also split at U+2028, form feeds, ... inside valid JSON
     for number, line in enumerate(text.split("\n"), 1):
@@ -59,13 +65,7 @@ def _jsonl_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | 
             yield number, None, Problem(source, number, "(line)", f"line longer than {MAX_LINE_CHARS} characters")
             continue
         try:
-            value = json.loads(
-                line,
-                parse_float=_decimal,
-                parse_int=_big_int,
-                parse_constant=_no_constants,
-                object_pairs_hook=_no_duplicates,
-            )
+            value = _LINE_DECODER.decode(line)
         except (ValueError, RecursionError) as exc:
             yield number, None, Problem(source, number, "(json)", f"malformed JSON: {exc}")
             continue

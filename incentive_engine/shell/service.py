@@ -134,12 +134,16 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
         new, skipped, found = _deduplicate(w, source, parsed, payloads)
         problems += found
         # reference rules run on every line that parsed, even when others did not: every error is reported
-        rejections = check_batch(state, [e for _, e, _ in new])
+        rejections = check_batch(state, [e for _, e, _, _ in new])
         problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
         if problems:
             problems.sort(key=lambda p: p.line or 0)
             raise _Abort(IngestResult(source, skipped=skipped, problems=problems))
-        recorded = w.append([e for _, e, _ in new], payloads=[p for _, _, p in new]) if new else []
+        recorded = (
+            w.append([e for _, e, _, _ in new], payloads=[p for _, _, p, _ in new], content_hashes=[h for *_, h in new])
+            if new
+            else []
+        )
         head_hash = w.head()[1]
     _advance(ledger, recorded, head_hash)
     return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
@@ -162,16 +166,16 @@ def ingest_files(ledger: Ledger, paths: list[Path], progress: Progress | None = 
 
 def _deduplicate(
     ledger: Ledger | Writer, source: str, parsed: list[tuple[int, Event]], payloads: list[str]
-) -> tuple[list[tuple[int, Event, str]], int, list[Problem]]:
+) -> tuple[list[tuple[int, Event, str, str]], int, list[Problem]]:
     """Idempotent re-ingest: skip events already in the ledger (by event_id, else by content).
-    Returns the new events as (line, event, canonical payload)."""
+    Returns the new events as (line, event, canonical payload, content hash)."""
     hashes = [content_hash(e.type, e.effective.isoformat(), p) for (_, e), p in zip(parsed, payloads, strict=True)]
     stored_ids = ledger.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
     stored_counts = ledger.content_hash_counts(
         [(e.effective.isoformat(), h) for (_, e), h in zip(parsed, hashes, strict=True) if not e.event_id]
     )
     seen_ids: dict[str, tuple[str, int]] = {}
-    new: list[tuple[int, Event, str]] = []
+    new: list[tuple[int, Event, str, str]] = []
     problems: list[Problem] = []
     skipped = 0
     for (line, event), h, payload in zip(parsed, hashes, payloads, strict=True):
@@ -207,7 +211,7 @@ def _deduplicate(
             stored_counts[h] -= 1
             skipped += 1
             continue
-        new.append((line, event, payload))
+        new.append((line, event, payload, h))
     return new, skipped, problems
 
 

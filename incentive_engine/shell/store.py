@@ -267,7 +267,7 @@ def _converter(annotation: Any) -> tuple[bool, Callable[[Any], Any] | None]:
     if annotation is Decimal:
         return True, Decimal
     if annotation is date:
-        return True, date.fromisoformat
+        return True, _day
     if annotation in (str, int) or origin is typing.Literal:
         return True, None
     if origin is tuple:
@@ -277,19 +277,52 @@ def _converter(annotation: Any) -> tuple[bool, Callable[[Any], Any] | None]:
     return False, None
 
 
+def _day(text: str, _days: dict[str, date] = {}) -> date:  # noqa: B006 - the memo, on purpose
+    """``date.fromisoformat``, memoised: a ledger has a few thousand distinct dates over millions of
+    facts, so a replay parses each once (and its state shares one object per date)."""
+    day = _days.get(text)
+    if day is None:
+        day = _days[text] = date.fromisoformat(text)
+    return day
+
+
 @dataclass(frozen=True, slots=True)
 class _FastPlan:
     """How the fast path rebuilds one event type: the class, the payload fields in model order (with
-    their defaults), which are required, and the converters of the fields that need one."""
+    their defaults), which are required, and the converters of the fields that need one; ``values``
+    does it (one call per row: this runs for every event of a replay)."""
 
     cls: type[Event]
     template: dict[str, Any]  # every payload field -> its default (required ones: a placeholder)
     allowed: frozenset[str]
     required: frozenset[str]
     converters: tuple[tuple[str, Callable[[Any], Any]], ...]
+    values: Callable[[str, str | None, Any], dict[str, Any] | None]
 
 
-@cache
+def _values_builder(
+    type_: str, template: dict[str, Any], allowed: frozenset[str], required: frozenset[str], converters: tuple[Any, ...]
+) -> Callable[[str, str | None, Any], dict[str, Any] | None]:
+    def values(effective: str, event_id: str | None, data: Any) -> dict[str, Any] | None:
+        """An event's typed field values from its decoded payload, in model order (``dict.update`` keeps
+        the template's order), defaults for absent fields; None unless the payload is an object with
+        every required key and no unknown one (then validation must say what is wrong)."""
+        if type(data) is not dict:
+            return None
+        keys = data.keys()
+        if not (keys <= allowed and required <= keys):
+            return None
+        out = {"type": type_, "effective": _day(effective), "event_id": event_id, **template}
+        out.update(data)
+        for name, conv in converters:
+            value = data.get(name)
+            if value is not None:  # defaults stay as the model declares them
+                out[name] = conv(value)
+        return out
+
+    return values
+
+
 def _fast_plan(type_: str) -> _FastPlan | None:
     """Per event type: the plan above; None when a field has a shape the fast path does not know (then
     that type always goes through ``from_stored``)."""
@@ -312,7 +345,11 @@ def _fast_plan(type_: str) -> _FastPlan | None:
             template[name] = info.default
         if conv is not None:
             converters.append((name, conv))
-    return _FastPlan(cls, template, frozenset(template), frozenset(required), tuple(converters))
+    allowed, needed, convs = frozenset(template), frozenset(required), tuple(converters)
+    return _FastPlan(cls, template, allowed, needed, convs, _values_builder(type_, template, allowed, needed, convs))
+
+
+_PLANS: dict[str, _FastPlan | None] = {t: _fast_plan(t) for t in EVENT_CLASSES}
 
 
 _set = object.__setattr__
@@ -321,7 +358,6 @@ _ROWS_PER_INSERT = 500
 # The C scanner behind json.loads, called directly: a stored payload is canonical JSON (no whitespace
 # around it), so json.loads' own whitespace checks are skipped; anything else falls back to json.loads.
 _scan_once = json.JSONDecoder().scan_once
-_fromiso = date.fromisoformat
 
 
 def _loads(payload: str) -> Any:
@@ -335,11 +371,11 @@ def _loads(payload: str) -> Any:
 def _rebuild_trusted(type_: str, effective: str, event_id: str | None, payload: str) -> Event:
     """The fast path: build the frozen event without re-validating it (for rows the caller trusts, e.g.
     just verified). Produces an event equal to ``from_stored``'s; unknown shapes fall back to it."""
-    plan = _fast_plan(type_)
+    plan = _PLANS.get(type_)
     data = _loads(payload)
-    if plan is None or not _fits(plan, data):  # a missing or unknown key: let validation say so
+    values = plan.values(effective, event_id, data) if plan is not None else None
+    if plan is None or values is None:  # a missing or unknown key: let validation say so
         return from_stored(type_, effective, event_id, data)
-    values = _typed_values(plan, type_, effective, event_id, data)
     fields_set = set(data)
     fields_set.add("type")
     fields_set.add("effective")
@@ -353,30 +389,12 @@ def _rebuild_trusted(type_: str, effective: str, event_id: str | None, payload: 
     return obj
 
 
-def _fits(plan: _FastPlan, data: Any) -> bool:
-    """A payload the fast path can take: an object with every required key and no unknown one."""
-    return isinstance(data, dict) and data.keys() <= plan.allowed and plan.required <= data.keys()
-
-
-def _typed_values(
-    plan: _FastPlan, type_: str, effective: str, event_id: str | None, data: dict[str, Any]
-) -> dict[str, Any]:
-    """An event's field values from a payload that ``_fits``: in model order (``dict.update`` keeps the
-    template's order), defaults for absent fields, then the few conversions (Decimals, dates, tuples)."""
-    values: dict[str, Any] = {"type": type_, "effective": _fromiso(effective), "event_id": event_id, **plan.template}
-    values.update(data)
-    for name, conv in plan.converters:
-        value = values[name]
-        if value is not None and name in data:  # defaults stay as the model declares them
-            values[name] = conv(value)
-    return values
-
-
 class _Values:
     """A bag of an event's typed field values, for ``Projector.apply_values``."""
 
 
-_FOLD_DIRECT = frozenset(t for t in EVENT_CLASSES if t not in ENGINE_TYPES)
+# business facts only: the engine's own events need their ``Recorded`` (``Projector.apply``)
+_FOLD_PLANS = {t: plan for t, plan in _PLANS.items() if t not in ENGINE_TYPES and plan is not None}
 
 
 def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
@@ -385,17 +403,17 @@ def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
     straight to the projection's handlers. Any row the fast path does not know (a missing or unknown
     key, an engine event) is rebuilt as an event and applied as usual. Same state as folding
     ``read(validate=False)`` (a test checks the digests)."""
-    apply_values, apply = projector.apply_values, projector.apply
+    apply_values, apply, plans = projector.apply_values, projector.apply, _FOLD_PLANS
     for position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload in rows:
-        plan = _fast_plan(type_) if type_ in _FOLD_DIRECT else None
-        data = _loads(payload) if plan is not None else None
-        if plan is None or not _fits(plan, data):
+        plan = plans.get(type_)
+        values = plan.values(effective, event_id, _loads(payload)) if plan is not None else None
+        if values is None:
             event = _rebuild_trusted(type_, effective, event_id, payload)
             apply(Recorded(position, recorded_at, stream_id, stream_version, event))
             continue
         bag = _Values()
-        bag.__dict__ = _typed_values(plan, type_, effective, event_id, data)
-        apply_values(position, stream_id, stream_version, type_, bag)
+        bag.__dict__ = values
+        apply_values(position, type_, bag)
 
 
 def _to_recorded(rows: Iterable[Any], validate: bool) -> Iterator[Recorded]:
@@ -488,13 +506,13 @@ def fact_views(rows: Iterable[tuple[Any, ...]]) -> Iterator[Any]:
     an object with the event's typed field values (as ``fold_rows`` gives them to the projection), no
     validation. Rows the fast path does not know are rebuilt as events."""
     for _, _, _, type_, effective, event_id, _, payload in rows:
-        plan = _fast_plan(type_)
-        data = _loads(payload) if plan is not None else None
-        if plan is None or not _fits(plan, data):
+        plan = _PLANS.get(type_)
+        values = plan.values(effective, event_id, _loads(payload)) if plan is not None else None
+        if values is None:
             yield _rebuild_trusted(type_, effective, event_id, payload)
             continue
         view = _Values()
-        view.__dict__ = _typed_values(plan, type_, effective, event_id, data)
+        view.__dict__ = values
         yield view
 
 
@@ -791,13 +809,14 @@ class Ledger:
         """Recompute the hash chain from position 1 and check the schema (head revision, append-only
         triggers). Reports the first position whose row was altered, removed or reordered.
 
-        On an SQLite file the native checker (``_chain_sqlite``) makes a first pass; only if it finds
-        something wrong (or is not built) do the rows go through the Python verifier, which writes the
-        report: the same rules, one source for the messages."""
+        A first pass runs where the data is: on an SQLite file, the native checker (``_chain_sqlite``);
+        on PostgreSQL, the same rules as set-based SQL on the server (``_server_verify``). Only if it
+        finds something wrong (or cannot run) do the rows go through the Python verifier, which writes
+        the report: the same rules, one source for the messages."""
         self.check_schema()
         with self.engine.connect() as conn:
             schema_problems = self._trigger_problems(conn)
-            native = _native_verify(self.url)
+            native = _native_verify(self.url) if conn.dialect.name == "sqlite" else _server_verify(conn)
             if native is not None and native[0]:
                 bad, count = None, native[1]
             else:
@@ -835,6 +854,46 @@ def _verify_rows(rows: Iterable[tuple[Any, ...]]) -> tuple[tuple[int, str] | Non
         expected_position += 1
         count += 1
     return None, count
+
+
+# The chain check as SQL, for PostgreSQL: each row's hash depends only on the stored hash before it, so the
+# server checks every row at once. The record text is built as ``core.canonical.record_text`` builds it;
+# PostgreSQL's to_json(text) escapes a string exactly as Python's json.dumps(ensure_ascii=False) does
+# (\" \\ \b \f \n \r \t by name, other characters below U+0020 as \u00xx, the rest as they are).
+_PG_CHAIN_CHECK = f"""
+SELECT count(*), count(*) FILTER (WHERE good IS NOT TRUE) FROM (
+  SELECT position = row_number() OVER w
+     AND hash = encode(sha256(convert_to(
+           lag(hash, 1, '{GENESIS_HASH}') OVER w || E'\\n'
+           || '{{"effective":' || to_json(effective)::text
+           || ',"event_id":' || coalesce(to_json(event_id)::text, 'null')
+           || ',"payload":' || payload
+           || ',"position":' || position::text
+           || ',"recorded_at":' || to_json(recorded_at)::text
+           || ',"stream_id":' || to_json(stream_id)::text
+           || ',"stream_version":' || stream_version::text
+           || ',"type":' || to_json(type)::text || '}}', 'UTF8')), 'hex')
+     AND content_hash = encode(sha256(convert_to(type || E'\\n' || effective || E'\\n' || payload, 'UTF8')), 'hex')
+     AS good
+  FROM {TABLE} WINDOW w AS (ORDER BY position)
+) AS chain"""
+# consecutive versions per stream, in position order (the sort gets memory enough to stay off disk)
+_PG_VERSION_CHECK = f"""
+SELECT count(*) FROM (
+  SELECT stream_version - row_number() OVER (PARTITION BY stream_id ORDER BY position) AS gap FROM {TABLE}
+) AS versions WHERE gap <> 0"""
+
+
+def _server_verify(conn: Connection) -> tuple[bool, int] | None:
+    """The PostgreSQL server's verdict on the chain: (every row good?, rows); None with ``INCENTIVE_NATIVE=0``."""
+    if os.environ.get("INCENTIVE_NATIVE") == "0":
+        return None
+    if not conn.in_transaction():
+        conn.begin()  # one snapshot for both statements (released with the connection)
+    conn.exec_driver_sql("SET LOCAL work_mem = '256MB'")
+    rows, bad = conn.exec_driver_sql(_PG_CHAIN_CHECK).one()
+    gaps = conn.exec_driver_sql(_PG_VERSION_CHECK).scalar_one()
+    return bad == 0 and gaps == 0, int(rows)
 
 
 def _native_verify(url: str) -> tuple[bool, int] | None:
@@ -920,13 +979,15 @@ class Writer:
         expected_versions: Mapping[str, int] | None = None,
         *,
         payloads: Sequence[str] | None = None,
+        content_hashes: Sequence[str] | None = None,
     ) -> list[Recorded]:
         """Append ``events`` in order: positions head+1..., consecutive versions per stream, one
         ``recorded_at`` (never before the last one), chained hashes, one executemany insert.
 
         ``expected_versions`` maps a stream id to the version the caller decided on (0: no events);
         if any stream has moved on, raise ``ConcurrencyConflict`` and write nothing. ``payloads``, when
-        given, is ``canonical_json(to_payload(e))`` of each event, already computed by the caller.
+        given, is ``canonical_json(to_payload(e))`` of each event, already computed by the caller;
+        ``content_hashes`` likewise ``content_hash`` of each (deduplication computed them).
         """
         conn = self.conn
         streams = [stream_of(ev) for ev in events]
@@ -947,7 +1008,10 @@ class Writer:
         out: list[Recorded] = []
         if payloads is None:
             payloads = [canonical_json(to_payload(ev)) for ev in events]
-        for ev, stream_id, payload in zip(events, streams, payloads, strict=True):
+        if content_hashes is None:
+            pairs = zip(events, payloads, strict=True)
+            content_hashes = [content_hash(ev.type, ev.effective.isoformat(), p) for ev, p in pairs]
+        for ev, stream_id, payload, ch in zip(events, streams, payloads, content_hashes, strict=True):
             position += 1
             version = versions[stream_id] + 1
             versions[stream_id] = version
@@ -959,8 +1023,7 @@ class Writer:
             )
             rows.append(
                 (
-                    position, stream_id, version, type_, effective, event_id, recorded_at, payload,
-                    content_hash(type_, effective, payload), prev,
+                    position, stream_id, version, type_, effective, event_id, recorded_at, payload, ch, prev,
                 )
             )  # fmt: skip
             out.append(Recorded(position, recorded_at, stream_id, version, ev))
