@@ -58,20 +58,40 @@ def phase(*args: str) -> dict[str, Any]:
 
 
 def phases_together(*runs: tuple[str, ...]) -> tuple[float, list[dict[str, Any]]]:
-    """Start the phases at once; wall time until the last one ends, and each one's figures."""
-    t = time.perf_counter()
+    """Run the phases at the same time: each starts, imports what it needs and says it is ready (an
+    interpreter's start-up is not part of any phase's figure); all are then told to go at once. Wall time
+    from the go until the last one has printed its figures, and each one's figures."""
+    env = dict(os.environ, BENCH_TOGETHER="1")
     procs = [
         subprocess.Popen(
-            [sys.executable, str(HERE / "phases.py"), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            [sys.executable, str(HERE / "phases.py"), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
         )
         for args in runs
     ]
-    outs = [p.communicate() for p in procs]
+    for p in procs:
+        assert p.stdout is not None and p.stdin is not None
+        if p.stdout.readline().strip() != "ready":
+            raise SystemExit(f"phase failed before it was ready:\n{p.communicate()[1][-3000:]}")
+    t = time.perf_counter()
+    for p in procs:
+        assert p.stdin is not None
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    figures = []
+    for p in procs:
+        assert p.stdout is not None
+        figures.append(p.stdout.readline())
     wall = time.perf_counter() - t
-    for p, (_, err) in zip(procs, outs, strict=True):
+    for p in procs:
+        _, err = p.communicate()
         if p.returncode != 0:
             raise SystemExit(f"phase failed:\n{err[-3000:]}")
-    return wall, [json.loads(o.strip().splitlines()[-1]) for o, _ in outs]
+    return wall, [json.loads(f) for f in figures]
 
 
 def cli(url: str, *args: str) -> tuple[float, float]:
