@@ -194,8 +194,9 @@ def pg_schemas(fresh_db_urls: Any) -> Any:
     """``make(rows) -> connection`` whose search path finds a new ``ledger_event`` table holding ``rows``
     (a schema per example, in one database)."""
     from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
 
-    engine = create_engine(fresh_db_urls("postgres"))
+    engine = create_engine(fresh_db_urls("postgres"), poolclass=NullPool)  # no idle connections kept
     with Ledger(str(engine.url.render_as_string(hide_password=False))) as led:
         led.init()
     made = []

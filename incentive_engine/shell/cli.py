@@ -75,10 +75,17 @@ class Settings:
         sqlite_file = url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
         if not create and sqlite_file and not Path(str(url.database)).exists():
             raise LedgerNotInitialised(f"{url.database} does not exist: run `incentive init` to create the ledger")
-        return Ledger(self.db)
+        ledger = Ledger(self.db)
+        _OPENED.append(ledger)
+        return ledger
 
     def book(self) -> PlanBook:
         return load_plans(self.rules)
+
+
+# the ledgers this command opened: closed when it ends (``main``), so that a process running commands one
+# after another (a worker, a test) does not keep a pool of database connections per command
+_OPENED: list[Ledger] = []
 
 
 def _settings(ctx: typer.Context) -> Settings:
@@ -444,10 +451,18 @@ def _utc(text: str | None) -> str | None:
     return t.in_tz("UTC").strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # type: ignore[union-attr]
 
 
+def _run() -> None:
+    try:
+        app(standalone_mode=False)
+    finally:
+        while _OPENED:
+            _OPENED.pop().dispose()
+
+
 def main() -> None:
     """Entry point: every EngineError is a message and exit 1; never a traceback for bad input."""
     try:
-        app(standalone_mode=False)
+        _run()
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
     except typer.Abort:
