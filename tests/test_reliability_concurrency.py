@@ -396,3 +396,24 @@ def test_a_close_during_an_ingest_sees_a_consistent_prefix_and_records_which(
 def _hash(r: Any) -> str:
     e = r.event
     return content_hash(e.type, e.effective.isoformat(), canonical_json(to_payload(e)))
+
+
+def test_commands_run_in_one_process_leave_no_connection_open(fresh_db_urls: Any) -> None:
+    """A worker running commands one after another (as ``_worker`` above does) must not keep a connection
+    pool per command: before the CLI closed its ledgers, the workers of the test above held about 80 of
+    the server's 100 connections."""
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    url = fresh_db_urls("postgres")
+    ok("init", db=url)
+    for _ in range(6):
+        ok("audit", "verify", db=url)
+        ok("cycle", "preview", "2026-01", db=url)
+    name = make_url(url).database
+    probe = create_engine(make_url(url).set(database="postgres"), poolclass=NullPool)
+    with probe.connect() as conn:
+        open_ = conn.exec_driver_sql("SELECT count(*) FROM pg_stat_activity WHERE datname = %s", (name,)).scalar()
+    probe.dispose()
+    assert open_ == 0
