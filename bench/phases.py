@@ -77,7 +77,8 @@ def close(url: str, period: str) -> None:
 
 def _ready() -> None:
     """When run beside another phase (``BENCH_TOGETHER``): say so once everything is imported, and wait
-    for the go, so that both phases' timed work overlaps and neither's start-up is counted."""
+    for the go, so that both phases' timed work overlaps and neither's start-up is counted (each also
+    reports when its timed work ``ended``, on the machine's monotonic clock)."""
     if os.environ.get("BENCH_TOGETHER"):
         print("ready", flush=True)
         sys.stdin.readline()
@@ -90,9 +91,10 @@ def verify(url: str) -> None:
     t = time.perf_counter()
     report = Ledger(url).verify()
     took = time.perf_counter() - t
+    ended = time.monotonic()
     if not report.ok:
         raise SystemExit(report.message)
-    _done(events=report.events, seconds=round(took, 3), eps=round(report.events / took))
+    _done(events=report.events, seconds=round(took, 3), eps=round(report.events / took), ended=ended)
 
 
 def replay(url: str) -> None:
@@ -104,7 +106,11 @@ def replay(url: str) -> None:
     t = time.perf_counter()
     state = service.load_state(Ledger(url))
     took = time.perf_counter() - t
-    _done(events=state.position, seconds=round(took, 3), eps=round(state.position / took), digest=state_digest(state))
+    ended = time.monotonic()
+    _done(
+        events=state.position, seconds=round(took, 3), eps=round(state.position / took), digest=state_digest(state),
+        ended=ended,
+    )  # fmt: skip
 
 
 def peer(url: str, data: str, budget: str = "0") -> None:
