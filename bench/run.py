@@ -96,17 +96,10 @@ def phases_together(*runs: tuple[str, ...]) -> tuple[float, list[dict[str, Any]]
 
 
 def cli(url: str, *args: str) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one `incentive` command, output discarded."""
-    exe = Path(sys.executable).with_name("incentive")
+    """Wall seconds (process start and imports included) and peak RSS (MB) of one `incentive` command."""
     t = time.perf_counter()
-    proc = subprocess.Popen([str(exe), "--db", url, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - t
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(
-            f"incentive {' '.join(args)} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-        )
-    return wall, usage.ru_maxrss / 1024
+    figures = phase("cli", url, *args)
+    return time.perf_counter() - t, figures["rss_mb"]
 
 
 # --- databases ----------------------------------------------------------------------------------------
