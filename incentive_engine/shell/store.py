@@ -277,26 +277,24 @@ def _converter(annotation: Any) -> tuple[bool, Callable[[Any], Any] | None]:
     return False, None
 
 
-def _day(text: str, _days: dict[str, date] = {}) -> date:  # noqa: B006 - the memo, on purpose
+_DAYS: dict[str, date] = {}  # ISO text -> date, for _day
+
+
+def _day(text: str) -> date:
     """``date.fromisoformat``, memoised: a ledger has a few thousand distinct dates over millions of
     facts, so a replay parses each once (and its state shares one object per date)."""
-    day = _days.get(text)
+    day = _DAYS.get(text)
     if day is None:
-        day = _days[text] = date.fromisoformat(text)
+        day = _DAYS[text] = date.fromisoformat(text)
     return day
 
 
 @dataclass(frozen=True, slots=True)
 class _FastPlan:
-    """How the fast path rebuilds one event type: the class, the payload fields in model order (with
-    their defaults), which are required, and the converters of the fields that need one; ``values``
-    does it (one call per row: this runs for every event of a replay)."""
+    """How the fast path rebuilds one event type: its class, and ``values``, which turns a decoded payload
+    into the event's typed field values (one call per row: this runs for every event of a replay)."""
 
     cls: type[Event]
-    template: dict[str, Any]  # every payload field -> its default (required ones: a placeholder)
-    allowed: frozenset[str]
-    required: frozenset[str]
-    converters: tuple[tuple[str, Callable[[Any], Any]], ...]
     values: Callable[[str, str | None, Any], dict[str, Any] | None]
 
 
@@ -324,8 +322,9 @@ def _values_builder(
 
 
 def _fast_plan(type_: str) -> _FastPlan | None:
-    """Per event type: the plan above; None when a field has a shape the fast path does not know (then
-    that type always goes through ``from_stored``)."""
+    """Per event type: the plan above, built from the model's fields (in model order, with their defaults;
+    which are required; the converters of those that need one: Decimals, dates, tuples); None when a field
+    has a shape the fast path does not know (then that type always goes through ``from_stored``)."""
     cls = EVENT_CLASSES.get(type_)
     if cls is None:
         return None
@@ -345,8 +344,7 @@ def _fast_plan(type_: str) -> _FastPlan | None:
             template[name] = info.default
         if conv is not None:
             converters.append((name, conv))
-    allowed, needed, convs = frozenset(template), frozenset(required), tuple(converters)
-    return _FastPlan(cls, template, allowed, needed, convs, _values_builder(type_, template, allowed, needed, convs))
+    return _FastPlan(cls, _values_builder(type_, template, frozenset(template), frozenset(required), tuple(converters)))
 
 
 _PLANS: dict[str, _FastPlan | None] = {t: _fast_plan(t) for t in EVENT_CLASSES}
