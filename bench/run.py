@@ -86,7 +86,10 @@ def phases_together(*runs: tuple[str, ...]) -> tuple[float, list[dict[str, Any]]
     figures = []
     for p in procs:
         assert p.stdout is not None
-        figures.append(json.loads(p.stdout.readline()))
+        line = p.stdout.readline()
+        if not line:  # it ended without its figures: say why
+            raise SystemExit(f"phase failed:\n{p.communicate()[1][-3000:]}")
+        figures.append(json.loads(line))
     wall = max(f["ended"] for f in figures) - go
     for p in procs:
         _, err = p.communicate()
