@@ -33,6 +33,7 @@ class Size:
     contracts: int
     events: int  # the target number of events over ``years``
     years: int = 5
+    history: int = 0  # of the years, how many belong to an earlier book (``doubled``)
 
 
 SIZES: dict[str, Size] = {
@@ -43,8 +44,23 @@ SIZES: dict[str, Size] = {
 
 
 def doubled(size: Size) -> Size:
-    """The same organisation and monthly activity over twice the history (for the growth measurement)."""
-    return Size(f"{size.name}x2", size.reps, size.contracts * 2, size.events * 2, size.years * 2)
+    """The same organisation and monthly activity after as many years of earlier history (the growth
+    measurement): ``synthesize`` gives the organisation of ``size``, moved ``size.years`` later, after an
+    earlier book of the same size (its own reps and contracts) that stops renewing when those years end,
+    so that its contracts run to the end of their terms and lapse. The last years' activity is the
+    organisation's own; what doubles is the history (events, contracts, forfeitures, reps' records).
+
+    (The same generator over ten years instead is no measure of history: contracts renewed for ten
+    years leave a live book half as large again in the last year, with as many more renewals, expansions
+    and churns each month.)"""
+    return Size(f"{size.name}x2", size.reps, size.contracts * 2, size.events * 2, size.years * 2, size.years)
+
+
+def _earlier(event: dict[str, Any]) -> dict[str, Any]:
+    """An event of the earlier book: its own ids (every ``*_id`` and the approver), prefixed ``H-``."""
+    return {
+        k: f"H-{v}" if isinstance(v, str) and (k.endswith("_id") or k == "approved_by") else v for k, v in event.items()
+    }
 
 
 @dataclass(frozen=True)
@@ -69,6 +85,14 @@ def _cents(text: str) -> int:
 
 
 def synthesize(size: Size, seed: int = 7, first_year: int = 2026) -> list[Batch]:
+    if size.history:
+        part = Size(size.name, size.reps, size.contracts // 2, size.events // 2, size.years - size.history)
+        past = [Batch(b.period, [_earlier(e) for e in b.events]) for b in _synthesize(part, seed + 1, first_year)]
+        return past + _synthesize(part, seed, first_year + size.history)
+    return _synthesize(size, seed, first_year)
+
+
+def _synthesize(size: Size, seed: int, first_year: int) -> list[Batch]:
     demo = generate(seed, reps=size.reps, contracts=size.contracts, first_year=first_year, years=size.years)
     batches = [Batch(b.period, list(b.events)) for b in demo.batches]
     rng = random.Random(seed * 7919 + size.contracts)

@@ -355,9 +355,41 @@ def test_listing_merges_stored_forfeitures_in_order_and_decodes_them_only_when_r
     decoded = []
     real = obligations.evaluation_from_json
     monkeypatch.setattr(obligations, "evaluation_from_json", lambda t: decoded.append(t) or real(t))
-    listing = obligations.Listing.merged(tuple(kept), rows)
+    listing = obligations.Listing.of(tuple(kept), rows)
     assert len(listing) == len(pairs) and decoded == []  # nothing decoded by the merge
     assert listing == tuple(pairs) and list(listing) == pairs  # the evaluation order, each pair intact
     assert listing[1] == pairs[1] and listing[-2:] == tuple(pairs[-2:])
     assert listing != tuple(pairs[:-1]) and listing != tuple(reversed(pairs))
-    assert obligations.Listing.merged(tuple(kept), []) == tuple(kept)
+    assert obligations.Listing.of(tuple(kept), []) == tuple(kept)
+
+
+def test_a_close_counts_the_unchanged_forfeitures_and_reads_them_only_when_its_listing_is_read(
+    worked, monkeypatch
+):
+    """The forfeitures ever made are listed by every later cycle; the close itself must not read them (its
+    cost would grow with the ledger's age), yet the listing, read afterwards, holds each of them."""
+    periods = periods_between("2026-01", "2028-06")
+    _close_all(worked, periods[:-1])
+    reads = []
+    real = obligations.stored_forfeitures
+    monkeypatch.setattr(obligations, "stored_forfeitures", lambda *a: reads.append(a[1]) or real(*a))
+    result = service.close(worked, reference_book(), periods[-1])
+    assert reads == [] and isinstance(result.evaluations, obligations.Listing)
+    forfeited = sum(1 for ev, _ in result.evaluations if ev.status == "forfeited")
+    assert len(reads) == 1 and forfeited > 1
+    assert cycle_json(result) == _replayed(worked, periods[-1:])[periods[-1]]
+
+
+def test_a_listing_read_after_a_later_close_is_recomputed_from_the_ledger(worked, monkeypatch):
+    """A close's listing is read from the projection, which the next close moves on: read after it, the
+    listing is recomputed from the ledger prefix the cycle saw, and still lists what it must."""
+    periods = periods_between("2026-01", "2028-08")
+    _close_all(worked, periods[:-2])
+    early = service.close(worked, reference_book(), periods[-2])
+    assert isinstance(early.evaluations, obligations.Listing)
+    _close_all(worked, periods[-1:])
+    recomputed = []
+    real = service.stored_cycle
+    monkeypatch.setattr(service, "stored_cycle", lambda *a, **k: recomputed.append(a[2]) or real(*a, **k))
+    assert cycle_json(early) == _replayed(worked, periods[-2:-1])[periods[-2]]
+    assert recomputed == [periods[-2]]

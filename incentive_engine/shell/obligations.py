@@ -4,8 +4,9 @@ A cycle evaluates every obligation due by its as-of date, so a full close costs 
 everything ever signed. Yet between two closes, an obligation's evaluation can change only if a fact its
 rules read changed (``core.evaluation.fact_scopes``), if it became due, or if it is held (the grace
 period runs on the calendar). An unchanged earned obligation was paid its earned amount by the last
-cycle (that is the true-up), so it has no line and is not listed; an unchanged forfeited one is listed
-again exactly as before. So a close needs only:
+cycle (that is the true-up), so it has no line and is not listed; an unchanged forfeited one was trued
+up to zero, has no line either, and is listed again exactly as before: the close counts those and leaves
+them in the projection until its listing is read (``Listing``). So a close needs only:
 
 - the contracts touched by the facts that are new or newly visible since the last close (recorded after
   the position it saw, or effective after its as-of date), by contracts newly vesting a tranche, and by
@@ -26,8 +27,8 @@ from __future__ import annotations
 
 import json
 from bisect import bisect_left
-from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from datetime import date, timedelta
 from decimal import Decimal
 from operator import itemgetter
@@ -104,12 +105,13 @@ def evaluation_from_json(text_: str) -> Evaluation:
     )  # fmt: skip
 
 
-# the stored forfeitures (evaluation kept) as (payee, contract or "", obligation, evaluation, paid, lines,
-# trued up to zero?): the first three are their place in the listing (``_order``)
+# the stored forfeitures of the projection's cycle as (payee, contract or "", obligation, evaluation, paid):
+# the first three are their place in the listing (``_order``). One statement, so that the meta row's check
+# and the rows come from one snapshot: no rows at all when the projection is at another cycle.
 _STORED = (
-    f"SELECT payee, COALESCE(contract_id, ''), obligation_id, evaluation, paid, lines, "
-    f"CASE WHEN CAST(paid AS NUMERIC) = 0 THEN 1 ELSE 0 END FROM {OBLIGATION_TABLE} "
-    "WHERE status = 'forfeited' AND evaluation IS NOT NULL"
+    f"SELECT payee, COALESCE(contract_id, ''), obligation_id, evaluation, paid FROM {OBLIGATION_TABLE} "
+    f"WHERE status = 'forfeited' AND evaluation IS NOT NULL "
+    f"AND (SELECT cycle_position FROM {META_TABLE} WHERE name = '{META_NAME}') = {{mark}}"
 )
 _stored_key = itemgetter(0, 1, 2)
 
@@ -120,34 +122,48 @@ def _order(ev: Evaluation) -> tuple[str, str, str]:
     return (ob.rep_id, ob.contract_id or "", ob.obligation_id)
 
 
+def merged(listed: Sequence[tuple[Evaluation, Decimal]], stored: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """``listed`` (in evaluation order) and ``stored`` rows (payee, contract or "", obligation, evaluation
+    text, paid text) in any order, merged in evaluation order (the rows stay undecoded)."""
+    stored.sort(key=_stored_key)
+    items: list[tuple[Any, ...]] = []
+    start = 0
+    for pair in listed:
+        at = bisect_left(stored, _order(pair[0]), start, key=_stored_key)
+        items += stored[start:at]
+        items.append(pair)
+        start = at
+    items += stored[start:]
+    return items
+
+
 class Listing(Sequence[tuple[Evaluation, Decimal]]):
-    """A cycle's listed evaluations, some still as stored text: each is decoded when read, so a close
-    does not rebuild every forfeiture ever made unless its caller reads them (the CLI's JSON does; the
-    close itself, its lines and totals do not). Equal to a tuple of the same (evaluation, paid) pairs."""
+    """A cycle's listed evaluations when most of them are unchanged forfeitures: the evaluated ones, and
+    how many stored forfeitures join them. The close counts those (an index count) but does not read
+    them: ``load`` fetches them (and merges them in evaluation order) when the listing is first read, and
+    each is decoded when read. So the close costs what changed, not what was ever forfeited (the CLI's
+    JSON output, which prints every one, still reads them all). Equal to a tuple of the same
+    (evaluation, paid) pairs."""
 
-    __slots__ = ("_items",)
+    __slots__ = ("_items", "_load", "_size")
 
-    def __init__(self, items: list[tuple[Any, ...]]) -> None:
-        self._items = items  # (evaluation, paid), or a stored row (payee, contract, obligation, text, paid, ...)
+    def __init__(self, size: int, load: Callable[[], list[tuple[Any, ...]]]) -> None:
+        self._size = size
+        self._load = load
+        self._items: list[tuple[Any, ...]] | None = None  # (evaluation, paid), or a stored row
 
     @classmethod
-    def merged(
-        cls, listed: Sequence[tuple[Evaluation, Decimal]], stored: list[tuple[Any, ...]]
-    ) -> Sequence[tuple[Evaluation, Decimal]]:
-        """``listed`` (in evaluation order) and ``stored`` rows (payee, contract or "", obligation,
-        evaluation text, paid text, ...) in any order, merged in evaluation order."""
-        if not stored:
-            return listed
-        stored.sort(key=_stored_key)
-        items: list[tuple[Any, ...]] = []
-        start = 0
-        for pair in listed:
-            at = bisect_left(stored, _order(pair[0]), start, key=_stored_key)
-            items += stored[start:at]
-            items.append(pair)
-            start = at
-        items += stored[start:]
-        return cls(items)
+    def of(cls, listed: Sequence[tuple[Evaluation, Decimal]], stored: list[tuple[Any, ...]]) -> Listing:
+        """``listed`` with ``stored`` rows already at hand (``merged``)."""
+        return cls(len(listed) + len(stored), lambda: merged(listed, stored))
+
+    def _all(self) -> list[tuple[Any, ...]]:
+        if self._items is None:
+            items = self._load()
+            if len(items) != self._size:  # pragma: no cover - the loaders check what they return
+                raise RuntimeError(f"a cycle listing of {self._size} evaluations loaded {len(items)}")
+            self._items = items
+        return self._items
 
     @staticmethod
     def _decoded(item: tuple[Any, ...]) -> tuple[Evaluation, Decimal]:
@@ -156,7 +172,7 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
         return item  # type: ignore[return-value]
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._size
 
     @overload
     def __getitem__(self, index: int) -> tuple[Evaluation, Decimal]: ...
@@ -164,11 +180,11 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
     def __getitem__(self, index: slice) -> tuple[tuple[Evaluation, Decimal], ...]: ...
     def __getitem__(self, index: int | slice) -> Any:
         if isinstance(index, slice):
-            return tuple(self._decoded(i) for i in self._items[index])
-        return self._decoded(self._items[index])
+            return tuple(self._decoded(i) for i in self._all()[index])
+        return self._decoded(self._all()[index])
 
     def __iter__(self) -> Iterator[tuple[Evaluation, Decimal]]:
-        return (self._decoded(i) for i in self._items)
+        return (self._decoded(i) for i in self._all())
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Listing | tuple | list):
@@ -178,7 +194,14 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
     __hash__ = None  # type: ignore[assignment]
 
     def __repr__(self) -> str:
-        return f"Listing({len(self._items)} evaluations)"
+        return f"Listing({self._size} evaluations)"
+
+
+def stored_forfeitures(conn: Connection, cycle_position: int, fresh: set[str]) -> list[tuple[Any, ...]]:
+    """The forfeitures the projection holds for the cycle recorded at ``cycle_position`` but those in
+    ``fresh`` (evaluated by that cycle, so listed already); none if the projection is at another cycle."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return [r for r in driver_rows(conn, _STORED.format(mark=mark), (cycle_position,)) if r[2] not in fresh]
 
 
 # --- reading the projection -------------------------------------------------------------------------
@@ -314,33 +337,17 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     ):  # fmt: skip
         rows[oid] = _Row(Decimal(paid), int(lines), st, ev)
 
-    # unchanged forfeited obligations are listed again, as they were (held ones were evaluated above). A
-    # forfeited obligation earns nothing and its last cycle trued it up to zero, so unchanged it has no
-    # line: it only joins the listing, kept as its stored text until someone reads it (``Listing``). There
-    # is one per forfeiture ever made, the one part of a close that grows with the ledger's age.
-    fresh = {e.obligation.obligation_id for e in evaluated}
+    # Unchanged forfeited obligations are listed again, as they were (held ones were evaluated above); there
+    # is one per forfeiture ever made. Each earns nothing and was trued up to zero by the cycle that
+    # forfeited it (``record`` checks it), so unchanged it has no line and changes no total: the cycle
+    # needs only their number (``record`` counts them), and the listing reads them when it is read.
     paid = {oid: r.paid for oid, r in rows.items()}
     counts = {oid: r.lines for oid, r in rows.items()}
-    # a forfeiture not trued up to zero (none expected) goes through the cycle like the evaluated ones; the
-    # rest join the listing as the driver returns them (a membership test each; decoded when read)
-    stored: list[tuple[Any, ...]] = []
-    again: list[Evaluation] = []
-    for row in driver_rows(conn, _STORED, ()):
-        if row[2] in fresh:
-            continue
-        if row[6]:
-            stored.append(row)
-        else:
-            again.append(evaluation_from_json(row[3]))
-            paid[row[2]], counts[row[2]] = Decimal(row[4]), int(row[5])
-
-    evaluations = evaluated + again
-    evaluations.sort(key=_order)
+    evaluated.sort(key=_order)
     carried = {
         (t["rep_id"], t["currency"]): Decimal(t["carried_out"]) for t in last.totals if Decimal(t["carried_out"])
     }  # as paid_history reads them from the last cycle
-    result = cycle_from(book, period, status, evaluations, PaidHistory(paid, counts, carried), last.plans)
-    result = replace(result, evaluations=Listing.merged(result.evaluations, stored))
+    result = cycle_from(book, period, status, evaluated, PaidHistory(paid, counts, carried), last.plans)
     sellers = {cid: c.seller for cid, c in state.contracts.items()}
     return Prepared(result, evaluated, sellers, rows, full=False, count=meta[5])
 
@@ -375,8 +382,9 @@ def full(book: PlanBook, state: LedgerState, period: str, status: str) -> Prepar
     return Prepared(result, evaluated, sellers, rows, full=True)
 
 
-def record(w: Writer, book: PlanBook, plan: Prepared) -> None:
-    """After the cycle event is appended (same transaction): bring the rows and the meta row to it."""
+def record(w: Writer, book: PlanBook, plan: Prepared) -> int:
+    """After the cycle event is appended (same transaction): bring the rows and the meta row to it.
+    Returns how many stored forfeitures the cycle lists besides the ones in its result (incremental)."""
     conn = w.conn
     position, hash_ = w.head()
     issued: dict[str, Line] = {x.obligation: x for x in plan.result.lines}
@@ -389,6 +397,8 @@ def record(w: Writer, book: PlanBook, plan: Prepared) -> None:
         paid = (old.paid if old else ZERO) + (line.amount if line else ZERO)
         lines = (old.lines if old else 0) + (1 if line else 0)
         evaluation = None if ev.status == "earned" else evaluation_to_json(ev)
+        if ev.status == "forfeited" and paid:  # pragma: no cover - cycle_from issues the clawback to zero
+            raise RuntimeError(f"{ob.obligation_id} is forfeited with {paid} paid to date after {plan.result.period}")
         if (
             not plan.full
             and old is not None
@@ -418,6 +428,11 @@ def record(w: Writer, book: PlanBook, plan: Prepared) -> None:
         ),
         params,
     )
+    if plan.full:
+        return 0  # the result lists everything
+    # every forfeited row is listed; those evaluated now are in the result already (a count on the index)
+    forfeited = conn.execute(text(f"SELECT COUNT(*) FROM {OBLIGATION_TABLE} WHERE status = 'forfeited'")).scalar_one()
+    return int(forfeited) - sum(1 for ev in plan.evaluated if ev.status == "forfeited")
 
 
 _COLUMNS = ("obligation_id", "contract_id", "kind", "seller", "payee", "due", "status", "paid", "lines", "evaluation")

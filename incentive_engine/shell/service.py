@@ -8,8 +8,9 @@ from __future__ import annotations
 import gc
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from ..core.canonical import canonical_json, content_hash
 from ..core.cycles import CycleResult, compute_cycle, cycle_event, lines_from_json, totals_from_json
@@ -283,10 +284,29 @@ def _close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
                 )
         events.append(cycle_event(result, w.head()[0]))
         recorded = w.append(events, expected_versions={f"cycle:{period}": 0})
-        obligations.record(w, book, prepared)
-        head_hash = w.head()[1]
+        stored = obligations.record(w, book, prepared)
+        position, head_hash = w.head()
     _advance(ledger, recorded, head_hash)  # after the commit
+    if stored:
+        result = replace(result, evaluations=_listing(ledger, result, stored, position))
     return result
+
+
+def _listing(ledger: Ledger, result: CycleResult, stored: int, position: int) -> obligations.Listing:
+    """The cycle's listing: its evaluated obligations and, read when the listing is first read, the
+    ``stored`` unchanged forfeitures the projection holds for the cycle recorded at ``position``."""
+    listed = result.evaluations
+    fresh = {ev.obligation.obligation_id for ev, _ in listed}
+
+    def load() -> list[Any]:
+        with ledger.engine.connect() as conn:
+            rows = obligations.stored_forfeitures(conn, position, fresh)
+        if len(rows) == stored:
+            return obligations.merged(listed, rows)
+        # the projection has moved on since (a later close, a rebuild): recompute from the ledger prefix
+        return list(stored_cycle(ledger, load_state(ledger), result.period).evaluations)
+
+    return obligations.Listing(len(listed) + stored, load)
 
 
 @contextmanager
