@@ -15,8 +15,9 @@ years each) and each database (SQLite file, PostgreSQL), on a fresh ledger:
 4. peer: the eventsourcing library appending the same events (one save per monthly batch) to the same
    kind of database, then reading them all back as domain events; ratios are taken in the same run.
 
-``--growth`` also builds the same organisation over ten years (twice the contracts: the same monthly
-activity over twice the history) and compares the monthly close times of the last year of each.
+``--growth`` also builds the same organisation five years later, after five years of an earlier book that
+ran out (``synth.doubled``: the same monthly activity, twice the history: events, contracts, forfeitures,
+reps' records), and compares the monthly close times of the last year of each.
 
 Every phase runs in its own process; peak memory is that process's maximum RSS. Figures go to stdout
 as tables and to ``bench/results/<run>.json``.
@@ -221,7 +222,7 @@ def run_one(
 
 
 def run_growth(size: Size, kind: str, dbs: Databases, work: Path) -> dict[str, Any]:
-    """The same org and monthly activity over 5 and over 10 years: close times of each last year."""
+    """The same org and monthly activity after 5 and after 10 years of history: close times of each last year."""
     out: dict[str, Any] = {"size": size.name, "db": kind}
     for s in (size, doubled(size)):
         data, _, periods = write_data(s, work)
