@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import json
 from datetime import date, timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from incentive_engine.core.cycles import compute_cycle, cycle_json
+from incentive_engine.core.cycles import compute_cycle, cycle_json, evaluation_json
 from incentive_engine.core.dates import periods_between
 from incentive_engine.core.evaluation import evaluate_all, fact_scopes
 from incentive_engine.core.events import ENGINE_TYPES, EVENT_CLASSES, FACT_ADAPTER, FACT_TYPES
@@ -253,6 +254,15 @@ def test_stored_evaluations_round_trip_exactly():
     assert evaluations
     for ev in evaluations:
         assert obligations.evaluation_from_json(obligations.evaluation_to_json(ev)) == ev
+    # and the CLI's JSON renders a stored one from its text exactly as from the evaluation
+    statuses = set()
+    for ev in evaluations:
+        for paid in ("0.00", "0", "-12.5", "20625.00"):
+            expected = evaluation_json(ev, Decimal(paid))
+            assert obligations.stored_evaluation_json(obligations.evaluation_to_json(ev), paid) == expected
+            assert list(obligations.stored_evaluation_json(obligations.evaluation_to_json(ev), paid)) == list(expected)
+        statuses.add((ev.status, bool(ev.factors)))
+    assert {("forfeited", False), ("earned", True)} <= statuses  # both shapes of "factors" were compared
 
 
 def test_the_in_process_projection_equals_a_fresh_replay(worked, tmp_path):
@@ -338,7 +348,6 @@ def test_showing_a_closed_cycle_by_the_trusted_fold_equals_the_validated_reprodu
 
 
 def test_listing_merges_stored_forfeitures_in_order_and_decodes_them_only_when_read(monkeypatch):
-    from decimal import Decimal
 
     from .ledgers import Sim
 
@@ -363,9 +372,7 @@ def test_listing_merges_stored_forfeitures_in_order_and_decodes_them_only_when_r
     assert obligations.Listing.of(tuple(kept), []) == tuple(kept)
 
 
-def test_a_close_counts_the_unchanged_forfeitures_and_reads_them_only_when_its_listing_is_read(
-    worked, monkeypatch
-):
+def test_a_close_counts_the_unchanged_forfeitures_and_reads_them_only_when_its_listing_is_read(worked, monkeypatch):
     """The forfeitures ever made are listed by every later cycle; the close itself must not read them (its
     cost would grow with the ledger's age), yet the listing, read afterwards, holds each of them."""
     periods = periods_between("2026-01", "2028-06")

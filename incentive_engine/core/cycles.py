@@ -10,7 +10,7 @@ Cycle life (explicit state table):   (none) --preview--> (none)     (none) --clo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -188,13 +188,17 @@ def evaluation_json(ev: Evaluation, paid: Decimal) -> dict[str, Any]:
     }
 
 
-def cycle_json(result: CycleResult) -> dict[str, Any]:
+def cycle_json(result: CycleResult, evaluations: Iterable[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The JSON shape of a cycle (interfaces.md); ``evaluations``, when given, is the ``evaluation_json``
+    of each of ``result.evaluations`` already rendered (``shell.obligations.Listing.json_rows``)."""
     return {
         "period": result.period,
         "as_of": result.as_of.isoformat(),
         "status": result.status,
         "lines": [line_json(x) for x in result.lines],
-        "evaluations": [evaluation_json(e, p) for e, p in result.evaluations],
+        "evaluations": (
+            [evaluation_json(e, p) for e, p in result.evaluations] if evaluations is None else list(evaluations)
+        ),
         "totals": [total_json(t) for t in result.totals],
     }
 

@@ -38,7 +38,7 @@ from sqlalchemy import bindparam, text
 from sqlalchemy.engine import Connection
 
 from ..core.canonical import canonical_json
-from ..core.cycles import CycleResult, Line, PaidHistory, cycle_from, paid_history
+from ..core.cycles import CycleResult, Line, PaidHistory, cycle_from, evaluation_json, paid_history
 from ..core.dates import period_end
 from ..core.evaluation import (
     Evaluation,
@@ -50,7 +50,7 @@ from ..core.evaluation import (
     tranche_id,
     upfront_id,
 )
-from ..core.money import ZERO
+from ..core.money import ZERO, format_factor, format_money
 from ..core.plan import PlanBook
 from ..core.projections import LedgerState, Projector, Renewal
 from .store import Writer, driver_rows, fact_views, fold_sorted, refresh_statistics, rows_where, stream_rows
@@ -103,6 +103,32 @@ def evaluation_from_json(text_: str) -> Evaluation:
         ob, status, Decimal(earned), reason, rule, {k: Decimal(v) for k, v in factors} if factors else {},
         tuple(facts), detail,
     )  # fmt: skip
+
+
+_TEXTS: dict[tuple[str, str], str] = {}  # (stored amount or factor, currency or "") -> its text in the listing
+
+
+def _text(value: str, currency: str) -> str:
+    """``format_money`` (a currency) or ``format_factor`` ("") of a stored value, memoised: the stored
+    forfeitures repeat a handful of values (their earned and paid amounts are zero)."""
+    out = _TEXTS.get((value, currency))
+    if out is None:
+        if len(_TEXTS) > 10_000:
+            _TEXTS.clear()
+        out = format_money(Decimal(value), currency) if currency else format_factor(Decimal(value))
+        _TEXTS[value, currency] = out
+    return out
+
+
+def stored_evaluation_json(text_: str, paid: str) -> dict[str, Any]:
+    """``evaluation_json(evaluation_from_json(text_), Decimal(paid))`` without building the evaluation: the
+    CLI's JSON output of a cycle renders every stored forfeiture (a test checks they are equal)."""
+    oid, _, cid, rep, cur, due, _, _, _, _, status, earned, reason, _, factors, _, _ = _scan(text_, 0)[0]
+    return {
+        "rep_id": rep, "contract_id": cid, "obligation": oid, "due": due, "status": status,
+        "earned": _text(earned, cur), "paid_to_date": _text(paid, cur),
+        "factors": {k: _text(v, "") for k, v in factors} if factors else {}, "reason": reason,
+    }  # fmt: skip
 
 
 # the stored forfeitures of the projection's cycle as (payee, contract or "", obligation, evaluation, paid):
@@ -185,6 +211,14 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
 
     def __iter__(self) -> Iterator[tuple[Evaluation, Decimal]]:
         return (self._decoded(i) for i in self._all())
+
+    def json_rows(self) -> Iterator[dict[str, Any]]:
+        """``evaluation_json`` of each, in order; the stored ones rendered from their text."""
+        for item in self._all():
+            if isinstance(item[0], str):
+                yield stored_evaluation_json(item[3], item[4])
+            else:
+                yield evaluation_json(*item)
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Listing | tuple | list):

@@ -11,13 +11,60 @@ from rich.table import Table
 
 from ..core.cycles import CycleResult, cycle_json
 from ..core.money import format_money
+from .obligations import Listing
+from .service import gc_paused
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(value: Any) -> None:
-    sys.stdout.write(json.dumps(value, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.write(pretty_json(value) + "\n")
+
+
+_str = json.encoder.encode_basestring  # the C function json.dumps(ensure_ascii=False) uses for a str
+_LITERALS = {True: "true", False: "false", None: "null"}
+
+
+class _Other(Exception):
+    """A value ``pretty_json`` leaves to ``json.dumps``."""
+
+
+def pretty_json(value: Any) -> str:
+    """``json.dumps(value, indent=2, ensure_ascii=False)``, the same text, several times faster on the
+    shapes this program prints (objects, arrays, strings, integers): a month's cycle at M lists 170,000
+    evaluations, and the standard library indents with its pure-Python encoder. Anything else (floats,
+    keys that are not strings) goes to ``json.dumps`` itself. A test compares the two on random values."""
+    try:
+        return _pretty(value, "\n")
+    except _Other:
+        return json.dumps(value, indent=2, ensure_ascii=False)
+
+
+def _pretty(value: Any, pad: str) -> str:
+    t = type(value)
+    if t is str:
+        return _str(value)
+    if t is dict:
+        if not value:
+            return "{}"
+        inner = pad + "  "
+        parts = []
+        for k, v in value.items():
+            if type(k) is not str:
+                raise _Other
+            parts.append(_str(k) + ": " + (_str(v) if type(v) is str else _pretty(v, inner)))
+        return "{" + inner + ("," + inner).join(parts) + pad + "}"
+    if t is list or t is tuple:
+        if not value:
+            return "[]"
+        inner = pad + "  "
+        return "[" + inner + ("," + inner).join([_pretty(v, inner) for v in value]) + pad + "]"
+    if t is int:
+        return int.__repr__(value)
+    if value is None or t is bool:
+        return _LITERALS[value]
+    raise _Other
 
 
 def cycle_table(result: CycleResult) -> None:
@@ -60,8 +107,15 @@ def cycle_table(result: CycleResult) -> None:
 
 
 def cycle_output(result: CycleResult, fmt: str) -> None:
+    # (a cycle can list 170,000 evaluations: building their dicts would trigger collections that walk them)
+    with gc_paused():
+        _cycle_output(result, fmt)
+
+
+def _cycle_output(result: CycleResult, fmt: str) -> None:
     if fmt == "json":
-        print_json(cycle_json(result))
+        listing = result.evaluations
+        print_json(cycle_json(result, listing.json_rows() if isinstance(listing, Listing) else None))
     else:
         cycle_table(result)
 

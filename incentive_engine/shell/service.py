@@ -57,7 +57,7 @@ def current_state(ledger: Ledger, writer: Writer | None = None) -> LedgerState:
         cached = _Projection(0, "", Projector())
     # trusted fold (no pydantic re-validation, no event objects): every row was validated on its way in,
     # the database refuses updates, and tampering is what `audit verify` is for
-    with _gc_paused():
+    with gc_paused():
         source.fold(cached.projector, after=cached.position)
     state = cached.projector.state
     if state.position != cached.position:
@@ -121,7 +121,7 @@ def ingest_file(ledger: Ledger, path: Path, progress: Progress | None = None) ->
         data = path.read_bytes()
     except OSError as exc:
         return IngestResult(source, problems=[Problem(source, None, "(file)", f"cannot read: {exc.strerror}")])
-    with _gc_paused():
+    with gc_paused():
         return _ingest(ledger, source, data, progress)
 
 
@@ -248,7 +248,7 @@ def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
     changed since the last close is evaluated. Otherwise the whole state is evaluated and the projection
     rebuilt; both give what ``compute_cycle`` gives."""
     check_period(period)
-    with _gc_paused():
+    with gc_paused():
         return _close(ledger, book, period)
 
 
@@ -310,7 +310,7 @@ def _listing(ledger: Ledger, result: CycleResult, stored: int, position: int) ->
 
 
 @contextmanager
-def _gc_paused() -> Iterator[None]:
+def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection during a bulk operation: folding and validating allocate millions of
     small objects without cycles, and each automatic collection would walk the whole (large) state."""
     was = gc.isenabled()
@@ -359,7 +359,7 @@ def closed_cycle_inputs(
     if not trusted:
         return book, load_state(ledger, upto=cycle.ledger_position)
     projector = Projector()
-    with _gc_paused():
+    with gc_paused():
         ledger.fold(projector, upto=cycle.ledger_position)
     return book, projector.state
 
