@@ -306,6 +306,13 @@ class Projector:
         s.position = position
         _FACT_HANDLERS[type_](s, values, position, None)
 
+    def service_cost(self, position: int, effective: date, contract_id: str, amount: Decimal) -> None:
+        """``apply_values`` of a ``service.cost`` given as its two fields: most of a ledger's events are
+        service costs, and a replay calls this for each of them without building their field values."""
+        s = self.state
+        s.position = position
+        _insort(s.contracts[contract_id].service_costs, Fact(effective, position, amount), _fact_key)
+
 
 def _insort(items: list[Any], item: Any, key: Any) -> None:
     """Keep lists in (effective, position) order even when facts arrive late. Every item here has
