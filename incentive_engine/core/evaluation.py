@@ -88,6 +88,9 @@ def rule(name: str) -> Callable[[Rule], Rule]:
 
 # --- the contract's obligations ------------------------------------------------------------------
 
+# which of a contract's obligations to build: (contract id, obligation id, due date) -> wanted?
+Selector = Callable[[str, str, date], bool]
+
 
 def commission_parts(contract: Contract, plan: Plan) -> tuple[Decimal, Decimal, tuple[Decimal, ...]]:
     """C = round(rate x ACV0); U = round(C x share); D = C - U split cent-exactly over the tranches."""
@@ -102,18 +105,26 @@ def commission_parts(contract: Contract, plan: Plan) -> tuple[Decimal, Decimal, 
     return total, upfront, bases
 
 
-def obligations_of(contract: Contract, plan: Plan, state: LedgerState, as_of: date) -> Iterator[Obligation]:
-    """Every obligation of a contract due on or before as_of (facts effective after as_of do not exist)."""
+def obligations_of(
+    contract: Contract, plan: Plan, state: LedgerState, as_of: date, select: Selector | None = None
+) -> Iterator[Obligation]:
+    """Every obligation of a contract due on or before as_of (facts effective after as_of do not exist);
+    with ``select``, only those it selects by (contract, obligation id, due date): the others are not
+    built at all (an incremental close selects a few of the obligations of each contract it reads)."""
     if contract.signed > as_of:
         return
     _, upfront, bases = commission_parts(contract, plan)
     cid, cur, h = contract.contract_id, contract.currency, plan.content_hash
-    yield Obligation(upfront_id(cid), "upfront", cid, contract.seller, cur, contract.signed, upfront, h)
+    oid = upfront_id(cid)
+    if select is None or select(cid, oid, contract.signed):
+        yield Obligation(oid, "upfront", cid, contract.seller, cur, contract.signed, upfront, h)
     for k, (years, base) in enumerate(zip(plan.model.commission.tranches.vesting_years, bases, strict=True), 1):
         vest = add_years(contract.signed, years)
         if vest > as_of:
             break
-        yield Obligation(tranche_id(cid, k), "tranche", cid, contract.seller, cur, vest, base, h, tranche=k)
+        oid = tranche_id(cid, k)
+        if select is None or select(cid, oid, vest):
+            yield Obligation(oid, "tranche", cid, contract.seller, cur, vest, base, h, tranche=k)
     rate = plan.model.commission.renewal_rate
     # one renewal obligation per date: a second renewal recorded for the same date corrects the first
     # (the latest recorded wins, as it does for the contract's ACV and term)
@@ -122,8 +133,11 @@ def obligations_of(contract: Contract, plan: Plan, state: LedgerState, as_of: da
         if r.effective <= as_of:
             latest[r.effective] = r
     for day, r in sorted(latest.items()):
+        oid = f"{cid}/renewal/{day.isoformat()}"
+        if select is not None and not select(cid, oid, day):
+            continue
         yield Obligation(
-            f"{cid}/renewal/{day.isoformat()}",
+            oid,
             "renewal",
             cid,
             contract.owner_on(day),
@@ -339,9 +353,7 @@ def _earned_tranche(ctx: Context) -> Evaluation:
     return Evaluation(ob, "earned", earned, "earned", "tranche", factors, tuple(sorted(set(facts))), "; ".join(details))
 
 
-def evaluate_all(
-    book: PlanBook, state: LedgerState, as_of: date, select: Callable[[Obligation], bool] | None = None
-) -> list[Evaluation]:
+def evaluate_all(book: PlanBook, state: LedgerState, as_of: date, select: Selector | None = None) -> list[Evaluation]:
     """Every obligation due on or before as_of, evaluated; sorted by payee, contract, obligation.
     ``select`` narrows it to some of the contracts' obligations (manual adjustments are always in)."""
     out: list[Evaluation] = []
@@ -349,9 +361,8 @@ def evaluate_all(
         if contract.signed > as_of:
             continue
         plan = book.in_force(contract.signed)
-        for ob in obligations_of(contract, plan, state, as_of):
-            if select is None or select(ob):
-                out.append(evaluate_obligation(plan, state, as_of, contract, ob))
+        for ob in obligations_of(contract, plan, state, as_of, select):
+            out.append(evaluate_obligation(plan, state, as_of, contract, ob))
     for adj in state.adjustments:
         if adj.effective <= as_of:
             ob = Obligation(
@@ -419,6 +430,12 @@ def costs_needed_from(book: PlanBook, due: date) -> date:
     return start
 
 
+# the fact types whose one scope is "evaluated_from" their effective date: effective after a close's as-of
+# date, such a fact reaches nothing that close evaluated (what is due that late is newly due, evaluated
+# anyway), so the next close need not read it to know what changed (most of a month's facts: its costs)
+LATER_ONLY_TYPES = ("contract.expanded", "contract.reassigned", "service.cost")
+
+
 def fact_scopes(event: Event) -> tuple[Scope, ...]:
     """The obligations ``event`` can change, as scopes (see above); () when it changes none."""
     t = event.type
@@ -429,7 +446,7 @@ def fact_scopes(event: Event) -> tuple[Scope, ...]:
         return (("contract_from", event.contract_id, d), ("upfront", event.contract_id))  # type: ignore[attr-defined]
     if t == "contract.renewed":  # its renewal obligation; the ACV and term of tranches vesting from d
         return (("contract_from", event.contract_id, d),)  # type: ignore[attr-defined]
-    if t in ("contract.expanded", "contract.reassigned", "service.cost"):
+    if t in LATER_ONLY_TYPES:
         # ACV(V) and service costs up to V; the owner of renewals from d: only obligations due from d
         return (("evaluated_from", event.contract_id, d),)  # type: ignore[attr-defined]
     if t == "rep.terminated":  # bad_leaver: the seller's tranches vesting from d; no_owner: the payee's renewals

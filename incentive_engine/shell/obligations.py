@@ -41,6 +41,7 @@ from ..core.canonical import canonical_json
 from ..core.cycles import CycleResult, Line, PaidHistory, cycle_from, evaluation_json, paid_history
 from ..core.dates import period_end
 from ..core.evaluation import (
+    LATER_ONLY_TYPES,
     Evaluation,
     Obligation,
     add_years,
@@ -362,7 +363,7 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
             conn, with_tranche, "type || '' = 'service.cost' AND effective >= ?", (cutoff.isoformat(),)
         )
     fold_sorted(costs, projector)  # (a contract's costs are kept in date order whatever the fold order)
-    evaluated = evaluate_all(book, state, as_of, work.selects)
+    evaluated = evaluate_all(book, state, as_of, work.selects_due)
 
     rows: dict[str, _Row] = {}
     for oid, paid, lines, st, ev in _in(
@@ -503,9 +504,6 @@ class _Work:
         self.contracts.add(contract_id)
         self.earliest[contract_id] = min(day, self.earliest.get(contract_id, day))
 
-    def selects(self, ob: Obligation) -> bool:
-        return self.selects_due(ob.contract_id or "", ob.obligation_id, ob.due)
-
     def selects_due(self, contract_id: str, obligation_id: str, due: date) -> bool:
         if due > self.after or obligation_id in self.ids:
             return True
@@ -534,7 +532,13 @@ def _what_changed(conn: Connection, book: PlanBook, last: _LastCycle, as_of: dat
     seen, before = last.ledger_position, last.as_of
     # facts effective after as_of change nothing yet (every rule reads facts effective by as_of); the close
     # whose window holds their date finds them with the facts "ahead" below
-    changed = rows_where(conn, "position > ? AND position <= ? AND effective <= ?", (seen, head, as_of.isoformat()))
+    # (nor facts of the LATER_ONLY_TYPES effective after the last as-of date: they reach nothing evaluated)
+    later_only = ", ".join("?" * len(LATER_ONLY_TYPES))
+    changed = rows_where(
+        conn,
+        f"position > ? AND position <= ? AND effective <= ? AND (effective <= ? OR type NOT IN ({later_only}))",
+        (seen, head, as_of.isoformat(), before.isoformat(), *LATER_ONLY_TYPES),
+    )
     # facts recorded before the last close but effective since its as-of date: positions first (from the
     # effective index alone, which holds the position), then those few rows
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
@@ -542,7 +546,8 @@ def _what_changed(conn: Connection, book: PlanBook, last: _LastCycle, as_of: dat
     ahead = [p for (p,) in driver_rows(conn, sql, (before.isoformat(), as_of.isoformat(), seen))]
     for i in range(0, len(ahead), 500):
         chunk = ahead[i : i + 500]
-        changed += rows_where(conn, f"position IN ({', '.join('?' * len(chunk))})", chunk)
+        clause = f"position IN ({', '.join('?' * len(chunk))}) AND type NOT IN ({later_only})"
+        changed += rows_where(conn, clause, (*chunk, *LATER_ONLY_TYPES))
     work = _Work(before, {}, set(), set())
     lookups: list[tuple[str, str, str]] = []  # (column, value, due from) over evaluated obligations
 
