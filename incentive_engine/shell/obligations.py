@@ -54,7 +54,16 @@ from ..core.evaluation import (
 from ..core.money import ZERO, format_factor, format_money
 from ..core.plan import PlanBook
 from ..core.projections import LedgerState, Projector, Renewal
-from .store import Writer, driver_rows, fact_views, fold_sorted, refresh_statistics, rows_where, stream_rows
+from .store import (
+    Writer,
+    driver_rows,
+    fact_views,
+    fold_service_costs,
+    fold_sorted,
+    refresh_statistics,
+    rows_where,
+    stream_rows,
+)
 from .tables import META_TABLE, OBLIGATION_TABLE
 
 FORMAT = 1  # bump when the rows' meaning changes: older projections are then rebuilt
@@ -355,14 +364,8 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
         first = _first_tranche(book, state, cid, as_of, work)
         if first is not None:
             costs_from.setdefault(costs_needed_from(book, first).replace(day=1), []).append(f"contract:{cid}")
-    costs: list[tuple[Any, ...]] = []
-    for cutoff, with_tranche in costs_from.items():
-        # (type || '': an expression, so that the planner looks these streams up by stream_id rather than
-        # scanning every service cost since the cutoff through the (type, effective) index)
-        costs += stream_rows(
-            conn, with_tranche, "type || '' = 'service.cost' AND effective >= ?", (cutoff.isoformat(),)
-        )
-    fold_sorted(costs, projector)  # (a contract's costs are kept in date order whatever the fold order)
+    for cutoff, with_tranche in costs_from.items():  # (a contract's costs are kept in date order)
+        fold_service_costs(conn, with_tranche, cutoff.isoformat(), projector)
     evaluated = evaluate_all(book, state, as_of, work.selects_due)
 
     rows: dict[str, _Row] = {}

@@ -49,12 +49,9 @@ def _pretty(value: Any, pad: str) -> str:
         if not value:
             return "{}"
         inner = pad + "  "
-        parts = []
-        for k, v in value.items():
-            if type(k) is not str:
-                raise _Other
-            parts.append(_str(k) + ": " + (_str(v) if type(v) is str else _pretty(v, inner)))
-        return "{" + inner + ("," + inner).join(parts) + pad + "}"
+        return _layout(tuple(value), pad) % tuple(
+            [_str(v) if type(v) is str else _pretty(v, inner) for v in value.values()]
+        )
     if t is list or t is tuple:
         if not value:
             return "[]"
@@ -65,6 +62,24 @@ def _pretty(value: Any, pad: str) -> str:
     if value is None or t is bool:
         return _LITERALS[value]
     raise _Other
+
+
+_LAYOUTS: dict[tuple[tuple[Any, ...], str], str] = {}
+
+
+def _layout(keys: tuple[Any, ...], pad: str) -> str:
+    """The text of an object with these keys at this indentation, a ``%s`` for each value: the rows of a
+    listing share a few key sets, so each object costs one lookup and one formatting."""
+    layout = _LAYOUTS.get((keys, pad))
+    if layout is None:
+        if any(type(k) is not str for k in keys):
+            raise _Other
+        if len(_LAYOUTS) > 1_000:
+            _LAYOUTS.clear()
+        inner = pad + "  "
+        body = ("," + inner).join(_str(k).replace("%", "%%") + ": %s" for k in keys)
+        layout = _LAYOUTS[keys, pad] = "{" + inner + body + pad + "}"
+    return layout
 
 
 def cycle_table(result: CycleResult) -> None:

@@ -505,6 +505,32 @@ def stream_rows(
     return out
 
 
+def fold_service_costs(conn: Connection, stream_ids: Iterable[str], since: str, projector: Projector) -> None:
+    """Fold the service costs of the given contract streams effective on or after ``since`` into
+    ``projector``, in position order, from four columns: the amount is taken out of the payload by the
+    database (``Projector.service_cost``), with no row decoded in Python. A close reads tens of thousands
+    of them (every cost in the window of each tranche it evaluates); the fold of whole rows gives the same
+    state (a test compares them)."""
+    if conn.dialect.name == "postgresql":
+        amount, mark = "CAST(payload AS jsonb) ->> 'amount'", "%s"
+    else:
+        amount, mark = "json_extract(payload, '$.amount')", "?"
+    rows: list[tuple[Any, ...]] = []
+    for chunk in _chunks(stream_ids):
+        # (type || '': an expression, so that the planner looks these streams up by stream_id rather than
+        # scanning every service cost since the cutoff through the (type, effective) index)
+        sql = (
+            f"SELECT position, stream_id, effective, {amount} FROM {TABLE} "
+            f"WHERE stream_id IN ({', '.join([mark] * len(chunk))}) AND type || '' = 'service.cost' "
+            f"AND effective >= {mark}"
+        )
+        rows += driver_rows(conn, sql, [*chunk, since])
+    rows.sort()
+    service_cost = projector.service_cost
+    for position, stream_id, effective, value in rows:
+        service_cost(position, _day(effective), stream_id.removeprefix("contract:"), Decimal(value))
+
+
 def _position(row: tuple[Any, ...]) -> int:
     return int(row[0])
 
