@@ -333,6 +333,41 @@ def test_the_fast_fold_gives_the_state_of_the_validated_replay(ledger):
     assert projector.state.position == ledger.head()[0]
 
 
+def test_service_costs_read_as_columns_give_the_state_of_the_whole_rows(worked):
+    """The close reads service costs as four columns (``fold_service_costs``); folded with the other rows,
+    they must give each contract exactly the state the fold of whole rows gives (SQLite and PostgreSQL)."""
+    from incentive_engine.core.projections import Projector
+    from incentive_engine.shell.store import fold_service_costs, fold_sorted, rows_where, stream_rows
+
+    with worked.writer() as w:
+        w.append([FACT_ADAPTER.validate_python(e) for e in _more_costs()])
+    with worked.engine.connect() as conn:
+        streams = sorted({r[1] for r in rows_where(conn, "type = 'contract.signed'", ())})
+        whole, columns = Projector(), Projector()
+        fold_sorted(stream_rows(conn, streams), whole)
+        fold_sorted(stream_rows(conn, streams, "type <> 'service.cost'"), columns)
+        fold_service_costs(conn, streams, "2026-04-01", columns)
+    costs = {cid: c.service_costs for cid, c in whole.state.contracts.items()}
+    assert sum(len(v) for v in costs.values()) >= 4
+    from_april = {cid: [f for f in v if f.effective.isoformat() >= "2026-04-01"] for cid, v in costs.items()}
+    assert {cid: c.service_costs for cid, c in columns.state.contracts.items()} == from_april
+    assert from_april != costs  # the cutoff left some out
+    assert all(
+        str(a.value) == str(b.value)
+        for cid, v in from_april.items()
+        for a, b in zip(v, columns.state.contracts[cid].service_costs, strict=True)
+    )
+
+
+def _more_costs() -> list[dict]:
+    """More service costs: zero, large, a trailing zero (kept as written), two on one day."""
+    return [
+        {"type": "service.cost", "effective": "2026-03-15", "contract_id": "C1", "amount": "0"},
+        {"type": "service.cost", "effective": "2026-05-02", "contract_id": "C1", "amount": "123456789012.34"},
+        {"type": "service.cost", "effective": "2026-05-02", "contract_id": "C2", "amount": "0.10"},
+    ]
+
+
 def test_showing_a_closed_cycle_by_the_trusted_fold_equals_the_validated_reproduction(worked):
     """`cycle show` and a repeated close recompute evaluations by the trusted fold; `audit reproduce`
     re-validates every row. Over the worked ledger they give the same evaluations for every month."""
