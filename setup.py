@@ -13,7 +13,8 @@ setup(
             "incentive_engine.shell._chain_sqlite",
             ["incentive_engine/shell/_chain_sqlite.c"],
             libraries=["sqlite3", "crypto"],
-            extra_compile_args=["-O2"],
+            extra_compile_args=["-O2", "-pthread"],
+            extra_link_args=["-pthread"],
             optional=True,
         )
     ]

@@ -75,7 +75,15 @@ def ledger_with(template: Path, where: Path, rows: list[Any]) -> str:
 
 
 def both(path: str) -> tuple[tuple[bool, int] | None, tuple[Any, int]]:
+    """The native verdict (one thread, and the same ledger split in two threads: they must agree) and
+    the Python verifier's (first problem, rows)."""
     native = store._chain_sqlite.verify(path)
+    split = store._chain_sqlite.verify(path, 1)  # two halves from 1 row on (2+ rows): positions 1..n/2, the rest
+    assert (native is None) == (split is None)
+    if native is not None and split is not None:
+        assert split[0] == native[0], (native, split)
+        if native[0]:
+            assert split == native
     con = sqlite3.connect(path)
     try:
         python = store._verify_rows(
@@ -268,3 +276,26 @@ def test_the_server_rejects_whatever_the_python_verifier_rejects(
         assert server == (True, count)
     else:
         assert server is not None and server[0] is False
+
+
+@needs_native
+@pytest.mark.parametrize("version", [3, 5, 0])
+def test_two_threads_join_stream_versions_at_the_boundary(template: Path, tmp_path: Path, version: int) -> None:
+    """Split in two, a stream's first version in the second half must follow its last in the first: a
+    version that does not (R1 at 1 in the first half, at ``version`` in the second) is refused by both
+    verifiers, though each half alone looks consecutive and every hash is right."""
+    at = "2026-02-01T00:00:00.000000Z"
+    records = [
+        ("contract:C1", None, "service.cost", "2026-01-31", at, {"a": "1"}),
+        ("rep:R1", None, "rep.hired", "2026-01-31", at, {"b": "2"}),
+        ("contract:C1", None, "service.cost", "2026-01-31", at, {"a": "3"}),
+        ("rep:R1", None, "rep.hired", "2026-01-31", at, {"b": "4"}),
+    ]  # halves: positions 1-2 and 3-4, each holding one row of each stream
+    rows = [list(r) for r in chained(records)]
+    rows[3][2] = version
+    prev = rows[2][9]
+    rows[3][9] = chain_hash(prev, RECORD_TEXT(*rows[3][:8]))  # the edited row re-chained: only its version is wrong
+    path = ledger_with(template, tmp_path, [tuple(r) for r in rows])
+    native, (bad, _) = both(path)  # (both also checks that the two-thread verdict is the one-thread one)
+    assert bad is not None and native is not None and native[0] is False
+    assert store._chain_sqlite.verify(path, 1)[0] is False

@@ -435,3 +435,52 @@ def test_a_listing_read_after_a_later_close_is_recomputed_from_the_ledger(worked
     monkeypatch.setattr(service, "stored_cycle", lambda *a, **k: recomputed.append(a[2]) or real(*a, **k))
     assert cycle_json(early) == _replayed(worked, periods[-2:-1])[periods[-2]]
     assert recomputed == [periods[-2]]
+
+
+_COST_TEXT = st.text(alphabet=st.sampled_from('ab"\\\n\u2028\u00e9\U0001f600,:{}'), min_size=1, max_size=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["C1", "C2"]) | _COST_TEXT,
+            st.decimals(min_value=0, max_value=10**9, places=2) | st.sampled_from(["0", "1e3", "7.000"]) | _COST_TEXT,
+            st.integers(1, 28),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_a_service_cost_row_folds_as_its_decoded_payload(costs):
+    """The fold reads a service cost's payload without the JSON decoder when it can; whatever the text
+    of its two values (quotes, backslashes, separators, non-ASCII), the state must be the decoded one's."""
+    from incentive_engine.core.canonical import canonical_json
+    from incentive_engine.core.projections import Contract, Fact, Projector
+    from incentive_engine.shell.store import fold_rows
+
+    rows, expected = [], {}
+    for position, (cid, amount, day) in enumerate(costs, 1):
+        effective = f"2026-03-{day:02d}"
+        payload = canonical_json({"amount": str(amount), "contract_id": cid})
+        rows.append((position, None, None, "service.cost", effective, None, None, payload))
+        decoded = json.loads(payload)
+        value = Decimal(decoded["amount"]) if _is_decimal(decoded["amount"]) else None
+        expected.setdefault(decoded["contract_id"], []).append((date.fromisoformat(effective), position, value))
+    if any(v is None for facts in expected.values() for *_, v in facts):
+        return  # not a number: the fold would raise, as validation would have refused it
+    projector = Projector()
+    projector.state.contracts = {
+        cid: Contract(cid, "A", "R", "CNY", date(2026, 1, 1), Decimal(1), 12, None, 0) for cid in expected
+    }
+    fold_rows(rows, projector)
+    got = {cid: [(f[0], f[1], str(f[2])) for f in c.service_costs] for cid, c in projector.state.contracts.items()}
+    assert got == {cid: [(d, p, str(v)) for d, p, v in sorted(facts)] for cid, facts in expected.items()}
+    assert all(type(f) is Fact for c in projector.state.contracts.values() for f in c.service_costs)
+
+
+def _is_decimal(text: str) -> bool:
+    try:
+        return Decimal(text).is_finite()
+    except ArithmeticError:
+        return False

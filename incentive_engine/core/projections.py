@@ -311,7 +311,18 @@ class Projector:
         service costs, and a replay calls this for each of them without building their field values."""
         s = self.state
         s.position = position
-        _insort(s.contracts[contract_id].service_costs, Fact(effective, position, amount), _fact_key)
+        costs = s.contracts[contract_id].service_costs
+        fact = _new_tuple(Fact, (effective, position, amount))  # Fact(...), without its Python __new__
+        if costs:  # _insort, inline (this runs for most rows of a replay)
+            last = costs[-1]
+            costs.append(fact)
+            if last[0] > effective or (last[0] == effective and last[1] > position):
+                costs.sort(key=_fact_key)
+        else:
+            costs.append(fact)
+
+
+_new_tuple = tuple.__new__
 
 
 def _insort(items: list[Any], item: Any, key: Any) -> None:

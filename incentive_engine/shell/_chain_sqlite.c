@@ -11,11 +11,20 @@
  * and writes the report, so the messages an auditor sees have one source. A test checks both agree on
  * untouched and tampered ledgers.
  *
- *   verify(path) -> (ok: bool, rows: int)   or None when the database cannot be opened read-only
+ *   verify(path, split=0) -> (ok: bool, rows: int)   or None when the database cannot be opened read-only
+ *
+ * With split > 0 and at least that many rows, two threads check the two halves of the positions, each on
+ * its own read-only connection. That is sound because each row's hash is checked against the *stored*
+ * hash of the row before it, so no link depends on the verdict on another; the second half starts from
+ * the stored hash of the first half's last row, and stream versions are joined at the boundary (a
+ * stream's first version in the second half must follow its last in the first). Rows appended after
+ * the start (positions above the highest one seen then) are not read, as if one snapshot were taken then:
+ * the rows below it cannot change (the table's triggers refuse UPDATE and DELETE).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include <sqlite3.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -97,7 +106,8 @@ static int buf_json_str(buf_t *b, const unsigned char *s, size_t n) {
 typedef struct {
     char *key; /* NULL: empty slot */
     size_t klen;
-    sqlite3_int64 version;
+    sqlite3_int64 version; /* the last version seen */
+    sqlite3_int64 first;   /* the first version seen (in a range that does not start at position 1) */
 } slot_t;
 
 typedef struct {
@@ -167,12 +177,37 @@ static int digest_hex(EVP_MD_CTX *ctx, const EVP_MD *md, const char *a, size_t a
 #define TEXT_OR_BAD(i) \
     if (sqlite3_column_type(st, (i)) != SQLITE_TEXT) { verdict = BAD; break; }
 
-static int check_rows(sqlite3 *db, sqlite3_int64 *rows) {
+/* The stored hash of row `position` into prev: OK, BAD (no such row, or not 64 characters of text) or FAILED. */
+static int stored_hash(sqlite3 *db, sqlite3_int64 position, char *prev) {
+    sqlite3_stmt *st = NULL;
+    if (sqlite3_prepare_v2(db, "SELECT hash FROM ledger_event WHERE position = ?1", -1, &st, NULL) != SQLITE_OK)
+        return FAILED;
+    sqlite3_bind_int64(st, 1, position);
+    int rc = sqlite3_step(st), verdict = BAD;
+    if (rc == SQLITE_ROW && sqlite3_column_type(st, 0) == SQLITE_TEXT && sqlite3_column_bytes(st, 0) == 64) {
+        memcpy(prev, sqlite3_column_text(st, 0), 64);
+        verdict = OK;
+    } else if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        verdict = FAILED;
+    }
+    sqlite3_finalize(st);
+    return verdict;
+}
+
+/* Rows with positions lo..hi (hi < 0: to the end), in one read transaction: positions contiguous from lo
+ * (and up to hi), hashes chained to the stored hash before each row, content hashes, and versions
+ * consecutive within each stream (from 1 when lo is 1; else from the first version the range holds,
+ * which the caller joins to the range before it). *rows: how many rows were read. */
+static int check_rows(sqlite3 *db, sqlite3_int64 lo, sqlite3_int64 hi, table_t *streams_out, sqlite3_int64 *rows) {
     static const char sql[] =
         "SELECT position, stream_id, stream_version, type, effective, event_id, recorded_at, payload, "
-        "content_hash, hash FROM ledger_event ORDER BY position";
+        "content_hash, hash FROM ledger_event WHERE position >= ?1 AND position <= ?2 ORDER BY position";
     sqlite3_stmt *st = NULL;
+    *rows = 0;
     if (sqlite3_prepare_v2(db, sql, -1, &st, NULL) != SQLITE_OK) return FAILED;
+    /* from the very first row when lo is 1: a row moved to position 0 or below must be seen (and refused) */
+    sqlite3_bind_int64(st, 1, lo == 1 ? INT64_MIN : lo);
+    sqlite3_bind_int64(st, 2, hi < 0 ? INT64_MAX : hi);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
     EVP_MD *md = EVP_MD_fetch(NULL, "SHA256", NULL);
     buf_t rec = {0}, ctext = {0};
@@ -180,7 +215,8 @@ static int check_rows(sqlite3 *db, sqlite3_int64 *rows) {
     char prev[64], hx[64];
     memset(prev, '0', 64); /* the genesis hash: 64 zeros */
     int verdict = (ctx && md && table_grow(&streams)) ? OK : FAILED;
-    sqlite3_int64 expected = 1;
+    if (verdict == OK && lo > 1) verdict = stored_hash(db, lo - 1, prev);
+    sqlite3_int64 expected = lo;
     int rc = SQLITE_ROW;
     while (verdict == OK && (rc = sqlite3_step(st)) == SQLITE_ROW) {
         if (sqlite3_column_type(st, 0) != SQLITE_INTEGER || sqlite3_column_type(st, 2) != SQLITE_INTEGER) {
@@ -261,11 +297,12 @@ static int check_rows(sqlite3 *db, sqlite3_int64 *rows) {
         }
         slot_t *slot = table_find(&streams, stream, stream_n);
         sqlite3_int64 last = slot->key ? slot->version : 0;
-        if (version != last + 1) {
+        if ((slot->key || lo == 1) && version != last + 1) {
             verdict = BAD;
             break;
         }
         if (!slot->key) {
+            slot->first = version;
             slot->key = malloc(stream_n ? stream_n : 1);
             if (!slot->key) {
                 verdict = FAILED;
@@ -280,19 +317,73 @@ static int check_rows(sqlite3 *db, sqlite3_int64 *rows) {
         expected++;
     }
     if (verdict == OK && rc != SQLITE_DONE) verdict = FAILED;
-    *rows = expected - 1;
+    if (verdict == OK && hi >= 0 && expected != hi + 1) verdict = BAD; /* rows missing at the end */
+    *rows = expected - lo;
     sqlite3_finalize(st);
     EVP_MD_free(md);
     EVP_MD_CTX_free(ctx);
     free(rec.data);
     free(ctext.data);
-    table_free(&streams);
+    if (streams_out)
+        *streams_out = streams;
+    else
+        table_free(&streams);
+    return verdict;
+}
+
+/* --- one range on its own connection (a thread) ----------------------------------------------------- */
+
+typedef struct {
+    const char *path;
+    sqlite3_int64 lo, hi, rows;
+    table_t streams;
+    int verdict;
+} part_t;
+
+static void *check_part(void *arg) {
+    part_t *p = arg;
+    sqlite3 *db = NULL;
+    p->verdict = FAILED;
+    if (sqlite3_open_v2(p->path, &db, SQLITE_OPEN_READONLY | SQLITE_OPEN_NOMUTEX, NULL) == SQLITE_OK) {
+        sqlite3_busy_timeout(db, 30000);
+        if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
+            p->verdict = check_rows(db, p->lo, p->hi, &p->streams, &p->rows);
+            sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
+        }
+    }
+    sqlite3_close(db);
+    return NULL;
+}
+
+/* Both halves checked: does every stream's first version in the second follow its last in the first? */
+static int joined(table_t *first, table_t *second) {
+    for (size_t i = 0; i < second->cap; i++) {
+        slot_t *s = &second->slots[i];
+        if (!s->key) continue;
+        slot_t *f = table_find(first, (unsigned char *)s->key, s->klen);
+        if (s->first != (f->key ? f->version : 0) + 1) return BAD;
+    }
+    return OK;
+}
+
+static int check_split(const char *path, sqlite3_int64 last, sqlite3_int64 *rows) {
+    part_t a = {path, 1, last / 2, 0, {0}, FAILED}, b = {path, last / 2 + 1, last, 0, {0}, FAILED};
+    pthread_t thread;
+    if (pthread_create(&thread, NULL, check_part, &b) != 0) return FAILED;
+    check_part(&a);
+    pthread_join(thread, NULL);
+    int verdict = a.verdict > b.verdict ? a.verdict : b.verdict; /* FAILED > BAD > OK */
+    if (verdict == OK) verdict = joined(&a.streams, &b.streams);
+    *rows = a.rows + b.rows;
+    table_free(&a.streams);
+    table_free(&b.streams);
     return verdict;
 }
 
 static PyObject *verify(PyObject *self, PyObject *args) {
     const char *path;
-    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    long long split = 0;
+    if (!PyArg_ParseTuple(args, "s|L", &path, &split)) return NULL;
     sqlite3 *db = NULL;
     int verdict = FAILED;
     sqlite3_int64 rows = 0;
@@ -301,7 +392,17 @@ static PyObject *verify(PyObject *self, PyObject *args) {
         sqlite3_busy_timeout(db, 30000);
         /* one read transaction: every row comes from one snapshot of the ledger */
         if (sqlite3_exec(db, "BEGIN", NULL, NULL, NULL) == SQLITE_OK) {
-            verdict = check_rows(db, &rows);
+            sqlite3_int64 last = 0;
+            sqlite3_stmt *st = NULL;
+            int rc = sqlite3_prepare_v2(db, "SELECT MAX(position) FROM ledger_event", -1, &st, NULL);
+            if (rc == SQLITE_OK && (rc = sqlite3_step(st)) == SQLITE_ROW) last = sqlite3_column_int64(st, 0);
+            sqlite3_finalize(st);
+            if (rc == SQLITE_ROW) {
+                if (split > 0 && last >= split && last >= 2)
+                    verdict = check_split(path, last, &rows); /* (this transaction holds the snapshot open) */
+                else
+                    verdict = check_rows(db, 1, -1, NULL, &rows);
+            }
             sqlite3_exec(db, "ROLLBACK", NULL, NULL, NULL);
         }
     }
@@ -312,7 +413,8 @@ static PyObject *verify(PyObject *self, PyObject *args) {
 }
 
 static PyMethodDef methods[] = {
-    {"verify", verify, METH_VARARGS, "verify(path) -> (ok, rows) or None: the hash chain of an SQLite ledger."},
+    {"verify", verify, METH_VARARGS,
+     "verify(path, split=0) -> (ok, rows) or None: the hash chain of an SQLite ledger (in two threads from split rows)."},
     {NULL, NULL, 0, NULL},
 };
 
