@@ -399,12 +399,12 @@ def test_listing_merges_stored_forfeitures_in_order_and_decodes_them_only_when_r
     decoded = []
     real = obligations.evaluation_from_json
     monkeypatch.setattr(obligations, "evaluation_from_json", lambda t: decoded.append(t) or real(t))
-    listing = obligations.Listing.of(tuple(kept), rows)
+    listing = obligations.Listing(len(pairs), lambda: obligations.merged(tuple(kept), rows))
     assert len(listing) == len(pairs) and decoded == []  # nothing decoded by the merge
     assert listing == tuple(pairs) and list(listing) == pairs  # the evaluation order, each pair intact
     assert listing[1] == pairs[1] and listing[-2:] == tuple(pairs[-2:])
     assert listing != tuple(pairs[:-1]) and listing != tuple(reversed(pairs))
-    assert obligations.Listing.of(tuple(kept), []) == tuple(kept)
+    assert obligations.Listing(len(kept), lambda: obligations.merged(tuple(kept), [])) == tuple(kept)
 
 
 def test_a_close_counts_the_unchanged_forfeitures_and_reads_them_only_when_its_listing_is_read(worked, monkeypatch):

@@ -311,18 +311,23 @@ class Projector:
         service costs, and a replay calls this for each of them without building their field values."""
         s = self.state
         s.position = position
-        costs = s.contracts[contract_id].service_costs
-        fact = _new_tuple(Fact, (effective, position, amount))  # Fact(...), without its Python __new__
-        if costs:  # _insort, inline (this runs for most rows of a replay)
-            last = costs[-1]
-            costs.append(fact)
-            if last[0] > effective or (last[0] == effective and last[1] > position):
-                costs.sort(key=_fact_key)
-        else:
-            costs.append(fact)
+        _add_cost(s.contracts[contract_id].service_costs, effective, position, amount)
 
 
 _new_tuple = tuple.__new__
+
+
+def _add_cost(costs: list[Fact], effective: date, position: int, amount: Decimal) -> None:
+    """``_insort`` of a service cost, inline, its Fact built without the named tuple's Python ``__new__``
+    (this runs for most rows of a replay)."""
+    fact = _new_tuple(Fact, (effective, position, amount))
+    if costs:
+        last = costs[-1]
+        costs.append(fact)
+        if last[0] > effective or (last[0] == effective and last[1] > position):
+            costs.sort(key=_fact_key)
+    else:
+        costs.append(fact)
 
 
 def _insort(items: list[Any], item: Any, key: Any) -> None:
@@ -383,7 +388,7 @@ def _reassigned(s: LedgerState, e: ContractReassigned, pos: int, rec: Recorded) 
 
 
 def _service_cost(s: LedgerState, e: ServiceCost, pos: int, rec: Recorded) -> None:
-    _insort(s.contracts[e.contract_id].service_costs, Fact(e.effective, pos, e.amount), _fact_key)
+    _add_cost(s.contracts[e.contract_id].service_costs, e.effective, pos, e.amount)
 
 
 def _kpi(s: LedgerState, e: KpiMeasured, pos: int, rec: Recorded) -> None:

@@ -188,11 +188,6 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
         self._load = load
         self._items: list[tuple[Any, ...]] | None = None  # (evaluation, paid), or a stored row
 
-    @classmethod
-    def of(cls, listed: Sequence[tuple[Evaluation, Decimal]], stored: list[tuple[Any, ...]]) -> Listing:
-        """``listed`` with ``stored`` rows already at hand (``merged``)."""
-        return cls(len(listed) + len(stored), lambda: merged(listed, stored))
-
     def _all(self) -> list[tuple[Any, ...]]:
         if self._items is None:
             items = self._load()
