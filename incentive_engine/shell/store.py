@@ -399,7 +399,8 @@ _SERVICE_COST_KEYS = frozenset(("contract_id", "amount"))
 
 
 def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
-    """Fold stored rows (``_READ_COLUMNS``) into ``projector`` on the trusted fast path, without building
+    """Fold stored rows (``_READ_COLUMNS``, or ``_FOLD_COLUMNS``: the same columns, some NULL) into
+    ``projector`` on the trusted fast path, without building
     event objects for business facts: each row's fields, typed as ``_rebuild_trusted`` types them, go
     straight to the projection's handlers. Any row the fast path does not know (a missing or unknown
     key, an engine event) is rebuilt as an event and applied as usual. Same state as folding
