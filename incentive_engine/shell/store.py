@@ -616,19 +616,21 @@ def _content_hash_counts(conn: Connection, contents: Iterable[tuple[str, str]]) 
 
 
 def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, int]:
-    # plain driver rows: an ingest asks for tens of thousands of streams
-    out: dict[str, int] = {}
+    # plain driver rows: an ingest asks for tens of thousands of streams. One MAX per stream as a
+    # correlated subquery, which both databases answer with one descent of the (stream_id, stream_version)
+    # index; "stream_id IN (...) GROUP BY" read every version of each stream instead (SQLite, M ledger:
+    # 3.1-4.3 against 7.3 us per stream)
     if conn.dialect.name == "postgresql":  # one statement with an array, not one per 500 ids
-        ids = sorted(set(stream_ids))
-        out.update(dict.fromkeys(ids, 0))
-        sql = f"SELECT stream_id, MAX(stream_version) FROM {TABLE} WHERE stream_id = ANY(%s) GROUP BY stream_id"
-        out.update(driver_rows(conn, sql, (ids,)))
-        return out
-    for chunk in _chunks(stream_ids):
-        out.update(dict.fromkeys(chunk, 0))
-        marks = _placeholders(conn, len(chunk))
-        sql = f"SELECT stream_id, MAX(stream_version) FROM {TABLE} WHERE stream_id IN ({marks}) GROUP BY stream_id"
-        out.update(driver_rows(conn, sql, chunk))
+        sql = f"SELECT s, (SELECT MAX(stream_version) FROM {TABLE} WHERE stream_id = s) FROM unnest(%s::text[]) AS s"
+        return {s: v or 0 for s, v in driver_rows(conn, sql, (sorted(set(stream_ids)),))}
+    out: dict[str, int] = {}
+    for chunk in _chunks(stream_ids):  # sorted: consecutive descents share the index pages they pass
+        ids = ", ".join(["(?)"] * len(chunk))
+        sql = (
+            f"WITH ids(s) AS (VALUES {ids}) "
+            f"SELECT s, (SELECT MAX(stream_version) FROM {TABLE} WHERE stream_id = s) FROM ids"
+        )
+        out.update((s, v or 0) for s, v in driver_rows(conn, sql, chunk))
     return out
 
 
