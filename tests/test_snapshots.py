@@ -484,3 +484,105 @@ def _is_decimal(text: str) -> bool:
         return Decimal(text).is_finite()
     except ArithmeticError:
         return False
+
+
+_JSON_TEXT = st.lists(
+    st.sampled_from(["a", '"', "\\", "\n", "\u2028", "\U0001f600", "]", "}", "[", "{", ",", ":",
+                     '],"period":', '},"totals":[', '"lines":[', "period", "totals"]),
+    max_size=5,
+).map("".join)  # fmt: skip
+_JSON_VALUE = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 10**6) | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_JSON_TEXT, inner, max_size=3),
+    max_leaves=6,
+)
+_ISSUED = st.lists(st.dictionaries(st.sampled_from(["period", "totals", "lines", "rep_id", "x"]) | _JSON_TEXT,
+                                   _JSON_VALUE, max_size=4), max_size=4)  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(lines=_ISSUED, totals=_ISSUED, plans=st.dictionaries(_JSON_TEXT, _JSON_TEXT, max_size=3), period=_JSON_TEXT)
+def test_a_closed_cycle_row_folds_as_its_decoded_payload(lines, totals, plans, period):
+    """The fold keeps a cycle's lines and totals as the text they are in its payload (found from the end
+    of the text, not decoded); whatever the text holds (the separators it looks for, quotes, escapes,
+    non-ASCII), the cycle must equal the one of the decoded payload, and read back the same lines."""
+    from incentive_engine.core.canonical import canonical_json
+    from incentive_engine.core.projections import Projector
+    from incentive_engine.shell.store import _closed_cycle, fold_rows
+
+    payload = canonical_json(
+        {"as_of": "2026-03-31", "ledger_position": 7, "lines": lines, "period": period, "plans": plans,
+         "totals": totals}
+    )  # fmt: skip
+    row = (9, f"cycle:{period}", 1, "cycle.closed", "2026-03-31", None, "2026-04-01T00:00:00Z", payload)
+    fast, decoded = Projector(), Projector()
+    fold_rows([row], fast)
+    decoded.apply(_recorded(row))
+    (got,) = fast.state.cycles.values()
+    assert got == decoded.state.cycles[period]
+    assert got.lines == tuple(lines) and got.totals == tuple(totals) and got.plans == plans
+    assert fast.state.position == 9
+    lazy = _closed_cycle(9, row[6], row[1], payload)
+    assert lazy is not None and isinstance(lazy.lines_held, str)  # the engine's layout: kept as text
+    assert _closed_cycle(9, row[6], row[1], payload[:-1] + " }") is None  # anything else: decoded whole
+
+
+def test_a_cycle_row_laid_out_otherwise_is_decoded_whole():
+    from incentive_engine.shell.store import _closed_cycle
+
+    odd = json.dumps({"period": "2026-03", "as_of": "2026-03-31", "ledger_position": 7, "lines": [], "plans": {},
+                      "totals": []})  # fmt: skip
+    assert _closed_cycle(9, "t", "cycle:2026-03", odd) is None
+    good = '{"as_of":"2026-03-31","ledger_position":7,"lines":[],"period":"2026-03","plans":{},"totals":[]}'
+    assert _closed_cycle(9, "t", "cycle:2026-03", good) is not None
+    assert _closed_cycle(9, "t", "cycle:2026-04", good) is None  # not its stream
+
+
+def _recorded(row):
+    from incentive_engine.core.projections import Recorded
+    from incentive_engine.shell.store import _rebuild_trusted
+
+    position, stream_id, version, type_, effective, event_id, recorded_at, payload = row
+    return Recorded(position, recorded_at, stream_id, version, _rebuild_trusted(type_, effective, event_id, payload))
+
+
+def test_obligations_of_a_seller_are_found_whether_or_not_the_seller_is_their_payee(ledger):
+    """"Obligations of contracts R sold" is two lookups (migration 0005): by payee where the seller is the
+    payee, by the partial seller index where it is not (a reassigned contract's renewals). Both kinds must
+    be found, by the planner's indexes, and nothing else."""
+    from sqlalchemy import text
+
+    from incentive_engine.shell.tables import OBLIGATION_TABLE
+
+    rows = [  # obligation, contract, kind, seller, payee, due
+        ("C1/upfront", "C1", "upfront", "R1", "R1", "2027-01-10"),
+        ("C1/tranche/1", "C1", "tranche", "R1", "R1", "2028-01-10"),
+        ("C1/renewal/2028-01-10", "C1", "renewal", "R1", "R2", "2028-01-10"),  # owner on the date: R2
+        ("C2/renewal/2028-02-01", "C2", "renewal", "R2", "R1", "2028-02-01"),  # R1 is payee, not seller
+        ("C3/tranche/1", "C3", "tranche", "R3", "R3", "2028-01-10"),
+        ("ADJ/x", "C1", "manual", "R1", "R1", "2028-03-01"),  # manual: never looked up
+    ]
+    with ledger.writer() as w:
+        for oid, cid, kind, seller, payee, due in rows:
+            w.conn.execute(
+                text(
+                    f"INSERT INTO {OBLIGATION_TABLE} (obligation_id, contract_id, kind, seller, payee, due, status, "
+                    "paid, lines, evaluation) VALUES (:o, :c, :k, :s, :p, :d, 'earned', '0', 0, NULL)"
+                ),
+                {"o": oid, "c": cid, "k": kind, "s": seller, "p": payee, "d": due},
+            )
+    with ledger.engine.connect() as conn:
+        found = lambda *lookups: sorted(r[0] for r in obligations._lookup(conn, list(lookups)))  # noqa: E731
+        assert found(("seller", "R1", "2027-01-01")) == ["C1/renewal/2028-01-10", "C1/tranche/1", "C1/upfront"]
+        assert found(("seller", "R1", "2028-01-11")) == []
+        assert found(("payee", "R1", "2027-01-01")) == ["C1/tranche/1", "C1/upfront", "C2/renewal/2028-02-01"]
+        assert found(("seller_tranche", "R1", "2028")) == ["C1/tranche/1"]
+        assert found(("seller", "R2", "2027-01-01"), ("seller", "R3", "2027-01-01")) == [
+            "C2/renewal/2028-02-01", "C3/tranche/1",
+        ]  # fmt: skip
+        if ledger.dialect == "sqlite":
+            plan = conn.exec_driver_sql(
+                f"EXPLAIN QUERY PLAN SELECT obligation_id FROM {OBLIGATION_TABLE} "
+                "WHERE seller IN ('R1') AND seller <> payee AND due >= '2027-01-01'"
+            ).all()
+            assert "ix_obligation_state_reseller" in str(plan)

@@ -194,7 +194,15 @@ def exponent(currency: str) -> int:
 
 
 def minor_unit(currency: str) -> Decimal:
-    return Decimal(1).scaleb(-exponent(currency))
+    unit = _MINOR_UNITS.get(currency)
+    if unit is None:
+        unit = _MINOR_UNITS[currency] = Decimal(1).scaleb(-exponent(currency))
+    return unit
+
+
+# currency -> its minor unit: every rounding asks (a close rounds about 100,000 amounts); a constant table
+# filled as currencies are first used (unknown codes raise and are not kept)
+_MINOR_UNITS: dict[str, Decimal] = {}
 
 
 _PLAIN = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,20})?")  # ASCII digits only

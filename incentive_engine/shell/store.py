@@ -47,7 +47,7 @@ from sqlalchemy.pool import StaticPool
 
 from ..core.canonical import GENESIS_HASH, canonical_json, chain_hash, content_hash, record_text
 from ..core.events import ENGINE_TYPES, EVENT_CLASSES, Event, from_stored, stream_of, to_payload
-from ..core.projections import Projector, Recorded
+from ..core.projections import ClosedCycle, Projector, Recorded
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
 from .tables import COLUMNS, PG_TRIGGER_FUNCTION, PG_TRUNCATE_TRIGGER, SQLITE_REPLACE_TRIGGERS, TABLE, TRIGGERS
 
@@ -407,6 +407,7 @@ def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
     ``read(validate=False)`` (a test checks the digests)."""
     apply_values, apply, plans = projector.apply_values, projector.apply, _FOLD_PLANS
     service_cost, cost_keys = projector.service_cost, _SERVICE_COST_KEYS
+    closed_cycle = projector.closed_cycle
     for position, stream_id, stream_version, type_, effective, event_id, recorded_at, payload in rows:
         if type_ == "service.cost":  # most of the rows: their two fields straight to the projection
             # canonical JSON of exactly these two keys, without an escape: the text between the quotes
@@ -420,6 +421,11 @@ def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
             if type(data) is dict and data.keys() == cost_keys:
                 service_cost(position, _day(effective), data["contract_id"], Decimal(data["amount"]))
                 continue
+        elif type_ == "cycle.closed":
+            cycle = _closed_cycle(position, recorded_at, stream_id, payload)
+            if cycle is not None:
+                closed_cycle(cycle)
+                continue
         plan = plans.get(type_)
         values = plan.values(effective, event_id, _loads(payload)) if plan is not None else None
         if values is None:
@@ -429,6 +435,59 @@ def fold_rows(rows: Iterable[Any], projector: Projector) -> None:
         bag = _Values()
         bag.__dict__ = values
         apply_values(position, type_, bag)
+
+
+def _closed_cycle(position: int, recorded_at: str, stream_id: str, payload: str) -> ClosedCycle | None:
+    """A ``cycle.closed`` row's projection with its lines left as the JSON text they are in the payload
+    (``ClosedCycle``: most of a cycle's payload, and of a replayed state), or None when the payload is not
+    laid out as the engine writes it (canonical JSON, keys in the order as_of, ledger_position, lines,
+    period, plans, totals); the caller then decodes it whole. The lines end at a ``],"period":`` (the
+    last one in the text, or an earlier one if the totals hold that text too) from which the rest decodes
+    as the period, the plans and the totals, ending exactly at the end of the text: only the top-level
+    object's can."""
+    if not payload.startswith('{"as_of":'):
+        return None
+    try:
+        as_of, end = _scan_once(payload, 9)
+        if not payload.startswith(',"ledger_position":', end):
+            return None
+        seen, end = _scan_once(payload, end + 19)
+    except StopIteration:
+        return None
+    if not payload.startswith(',"lines":[', end) or type(as_of) is not str or type(seen) is not int:
+        return None
+    lines_at = end + 9
+    at = len(payload)
+    while (at := payload.rfind('],"period":', lines_at, at)) >= 0:
+        tail = _cycle_tail(payload, at + 2)
+        if tail is not None:
+            period, plans, totals = tail
+            if stream_id != f"cycle:{period}":
+                return None
+            lines = payload[lines_at : at + 1]
+            return ClosedCycle(period, _day(as_of), seen, plans, lines, tuple(totals), position, recorded_at)
+    return None
+
+
+def _cycle_tail(payload: str, at: int) -> tuple[str, dict[str, str], list[Any]] | None:
+    """``"period":...,"plans":...,"totals":...}`` from ``at`` to the end of ``payload``, decoded, or None."""
+    try:
+        if not payload.startswith('"period":', at):
+            return None
+        period, end = _scan_once(payload, at + 9)
+        if not payload.startswith(',"plans":', end):
+            return None
+        plans, end = _scan_once(payload, end + 9)
+        if not payload.startswith(',"totals":', end):
+            return None
+        totals, end = _scan_once(payload, end + 10)
+    except StopIteration:
+        return None
+    if end != len(payload) - 1 or payload[end] != "}":
+        return None
+    if type(period) is not str or type(plans) is not dict or type(totals) is not list:
+        return None
+    return period, plans, totals
 
 
 def _to_recorded(rows: Iterable[Any], validate: bool) -> Iterator[Recorded]:

@@ -11,7 +11,7 @@ timestamps are ISO strings, the payload is canonical JSON (``core.canonical``).
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 TABLE = "ledger_event"
@@ -105,7 +105,12 @@ class ObligationState(SQLModel, table=True):
     __tablename__ = OBLIGATION_TABLE  # type: ignore[assignment]
     __table_args__ = (
         Index("ix_obligation_state_contract", "contract_id"),
-        Index("ix_obligation_state_seller", "seller", "kind", "due"),
+        # migration 0005 (was: over every row): only rows whose seller is not their payee; the others
+        # are found by payee (an up-front payment's and a tranche's payee is the contract's seller)
+        Index(
+            "ix_obligation_state_reseller", "seller", "kind", "due",
+            sqlite_where=text("seller <> payee"), postgresql_where=text("seller <> payee"),
+        ),  # fmt: skip
         Index("ix_obligation_state_payee", "payee"),
         Index("ix_obligation_state_status", "status"),
     )
