@@ -192,9 +192,10 @@ class Scorecard:
 @dataclass(frozen=True, slots=True, eq=False)
 class ClosedCycle:
     """A closed cycle as recorded. What it issued (``lines``, ``totals``) is held either decoded or as the
-    JSON text of its stored payload, decoded on each read: the trusted fold keeps the text (at M, sixty
-    cycles of ~25,000 lines each were 1.2 GB of dicts, half the replayed state, that most commands never
-    read). Equal whichever way it is held."""
+    JSON text of its stored payload, decoded on each read: the trusted fold keeps the lines as text (at M,
+    sixty cycles of ~25,000 lines each were 1.2 GB of dicts, half the replayed state, that most commands
+    never read; the totals, a fraction of it, are decoded to check where the lines end). Equal whichever
+    way it is held."""
 
     period: str
     as_of: date
