@@ -267,8 +267,8 @@ def run_growth(size: Size, kind: str, dbs: Databases, work: Path) -> dict[str, A
 
 
 def _copies(url: str, n: int) -> list[str]:
-    """``n`` ledgers to close: copies of a SQLite file (the last is the file itself; the build's process
-    has ended, so the file holds everything), or PostgreSQL databases made from it as a template."""
+    """``n`` ledgers to close: copies of a SQLite file (the last is the file itself), its WAL
+    checkpointed into it first. SQLite only."""
     if url.startswith("sqlite:///"):
         import sqlite3
 

@@ -547,7 +547,7 @@ def _recorded(row):
 
 
 def test_obligations_of_a_seller_are_found_whether_or_not_the_seller_is_their_payee(ledger):
-    """"Obligations of contracts R sold" is two lookups (migration 0005): by payee where the seller is the
+    """ "Obligations of contracts R sold" is two lookups (migration 0005): by payee where the seller is the
     payee, by the partial seller index where it is not (a reassigned contract's renewals). Both kinds must
     be found, by the planner's indexes, and nothing else."""
     from sqlalchemy import text

@@ -9,6 +9,7 @@ from __future__ import annotations
 import decimal
 import re
 from decimal import ROUND_FLOOR, ROUND_HALF_UP, Decimal
+from functools import cache
 
 ZERO = Decimal(0)
 
@@ -193,16 +194,9 @@ def exponent(currency: str) -> int:
         raise MoneyError(f"unknown ISO 4217 currency code {currency!r}") from None
 
 
+@cache  # pure; every rounding asks (a close rounds ~100,000 amounts); errors are not kept
 def minor_unit(currency: str) -> Decimal:
-    unit = _MINOR_UNITS.get(currency)
-    if unit is None:
-        unit = _MINOR_UNITS[currency] = Decimal(1).scaleb(-exponent(currency))
-    return unit
-
-
-# currency -> its minor unit: every rounding asks (a close rounds about 100,000 amounts); a constant table
-# filled as currencies are first used (unknown codes raise and are not kept)
-_MINOR_UNITS: dict[str, Decimal] = {}
+    return Decimal(1).scaleb(-exponent(currency))
 
 
 _PLAIN = re.compile(r"-?[0-9]{1,15}(\.[0-9]{1,20})?")  # ASCII digits only

@@ -64,7 +64,7 @@ from .store import (
     rows_where,
     stream_rows,
 )
-from .tables import META_TABLE, OBLIGATION_TABLE
+from .tables import META_TABLE, OBLIGATION_TABLE, RESOLD
 
 FORMAT = 1  # bump when the rows' meaning changes: older projections are then rebuilt
 META_NAME = "obligations"
@@ -593,20 +593,20 @@ def _lookup(conn: Connection, lookups: list[tuple[str, str, str]]) -> Iterator[t
     base = f"SELECT obligation_id, contract_id, due FROM {OBLIGATION_TABLE} WHERE kind != 'manual' AND "
     for (column, due_from), values in sorted(groups.items()):
         if column == "seller_tranche":  # due_from holds the vesting year
-            for by_seller in _BY_SELLER:
-                sql = base + by_seller + " AND kind = 'tranche' AND due >= :lo AND due <= :hi"
-                yield from _in(conn, sql, "v", values, lo=f"{due_from}-01-01", hi=f"{due_from}-12-31")
-        elif column == "seller":
-            for by_seller in _BY_SELLER:
-                yield from _in(conn, base + by_seller + " AND due >= :lo", "v", values, lo=due_from)
+            extra, dates = (
+                " AND kind = 'tranche' AND due >= :lo AND due <= :hi",
+                {"lo": f"{due_from}-01-01", "hi": f"{due_from}-12-31"},
+            )
         else:
-            yield from _in(conn, base + f"{column} IN :v AND due >= :lo", "v", values, lo=due_from)
+            extra, dates = " AND due >= :lo", {"lo": due_from}
+        for by in _BY_SELLER if column in ("seller", "seller_tranche") else (f"{column} IN :v",):
+            yield from _in(conn, base + by + extra, "v", values, **dates)
 
 
 # "seller IN :v" as two disjoint lookups, one index each: the rows whose seller is their payee (up-front
 # payments, tranches, most renewals) by the payee index; the others by the partial index over exactly
-# those rows (migration 0005: the term must read as the index's WHERE for the planner to use it)
-_BY_SELLER = ("payee IN :v AND seller = payee", "seller IN :v AND seller <> payee")
+# those rows (migration 0005)
+_BY_SELLER = ("payee IN :v AND seller = payee", f"seller IN :v AND {RESOLD}")
 
 
 def _vesting(conn: Connection, book: PlanBook, after: date, upto: date) -> set[str]:

@@ -15,6 +15,9 @@ from sqlalchemy import BigInteger, Column, Index, Integer, Text, UniqueConstrain
 from sqlmodel import Field, SQLModel
 
 TABLE = "ledger_event"
+# the rows of the obligation projection's partial seller index (migration 0005); a query must carry this
+# exact term for the planner to use that index
+RESOLD = "seller <> payee"
 
 # PostgreSQL gets BIGINT; SQLite keeps "INTEGER PRIMARY KEY" so the position is the rowid (no extra index).
 POSITION_TYPE = BigInteger().with_variant(Integer(), "sqlite")
@@ -108,9 +111,13 @@ class ObligationState(SQLModel, table=True):
         # migration 0005 (was: over every row): only rows whose seller is not their payee; the others
         # are found by payee (an up-front payment's and a tranche's payee is the contract's seller)
         Index(
-            "ix_obligation_state_reseller", "seller", "kind", "due",
-            sqlite_where=text("seller <> payee"), postgresql_where=text("seller <> payee"),
-        ),  # fmt: skip
+            "ix_obligation_state_reseller",
+            "seller",
+            "kind",
+            "due",
+            sqlite_where=text(RESOLD),
+            postgresql_where=text(RESOLD),
+        ),
         Index("ix_obligation_state_payee", "payee"),
         Index("ix_obligation_state_status", "status"),
     )
