@@ -322,6 +322,23 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def report(where: str, rows: list[dict[str, Any]], growth: list[dict[str, Any]]) -> str:
+    """The printed summary of a run: the machine, the table, and the growth comparison."""
+    out = [where, table(rows)]
+    for g in growth:
+        y5, y10 = g[f"{SIZES[g['size']].years}y"], g[f"{2 * SIZES[g['size']].years}y"]
+        out.append(
+            f"\ngrowth ({g['size']}, {g['db']}), {y5['events']:,} events (5 years) vs {y10['events']:,} (10 years):"
+            f"\n  November close of the last year, fresh process, median of {len(y5['cold_close_s'])}: "
+            f"{y5['cold_close_median_s']:.3f} s vs {y10['cold_close_median_s']:.3f} s; ratio {g['ratio_cold']:.2f}"
+            f"\n  closes of January-October in the build's process, mean: {y5['close_last_year_mean_s']:.3f} s vs "
+            f"{y10['close_last_year_mean_s']:.3f} s; ratio {g['ratio_mean']:.2f} "
+            f"(lines issued per close {y5['lines_last_year_mean']:,} and {y10['lines_last_year_mean']:,}; "
+            f"per line: ratio {g['ratio_per_line']:.2f})"
+        )
+    return "\n".join(out)
+
+
 def _peer_version() -> str:
     try:
         from importlib.metadata import version
@@ -362,7 +379,12 @@ def main() -> None:
     )
     ap.add_argument("--growth", action="store_true", help="also compare 5 and 10 years of history (SQLite)")
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
+    ap.add_argument("--show", type=Path, default=None, help="print the summary of a stored results file, run nothing")
     args = ap.parse_args()
+    if args.show:
+        stored = json.loads(args.show.read_text())
+        print(report(stored["machine"], stored["rows"], stored["growth"]))
+        return
 
     sizes = ["S", "M"] if args.size == "both" else [args.size]
     kinds = ["sqlite", "postgres"] if args.db == "both" else [args.db]
@@ -385,19 +407,7 @@ def main() -> None:
                 growth.append(run_growth(size, "sqlite", dbs, work))
     finally:
         dbs.drop_all()
-    print("\n" + machine())
-    print(table(rows))
-    for g in growth:
-        y5, y10 = g[f"{SIZES[g['size']].years}y"], g[f"{2 * SIZES[g['size']].years}y"]
-        print(
-            f"\ngrowth ({g['size']}, {g['db']}), {y5['events']:,} events (5 years) vs {y10['events']:,} (10 years):"
-            f"\n  November close of the last year, fresh process, median of {len(y5['cold_close_s'])}: "
-            f"{y5['cold_close_median_s']:.3f} s vs {y10['cold_close_median_s']:.3f} s; ratio {g['ratio_cold']:.2f}"
-            f"\n  closes of January-October in the build's process, mean: {y5['close_last_year_mean_s']:.3f} s vs "
-            f"{y10['close_last_year_mean_s']:.3f} s; ratio {g['ratio_mean']:.2f} "
-            f"(lines issued per close {y5['lines_last_year_mean']:,} and {y10['lines_last_year_mean']:,}; "
-            f"per line: ratio {g['ratio_per_line']:.2f})"
-        )
+    print("\n" + report(machine(), rows, growth))
     results = HERE / "results"
     results.mkdir(exist_ok=True)
     out = results / f"{started}-{'-'.join(sizes)}-{'-'.join(kinds)}.json"
