@@ -7,8 +7,9 @@ years each) and each database (SQLite file, PostgreSQL), on a fresh ledger:
    deduplication, hash chain, insert, one transaction per file) and close the month, up to October of
    the fifth year; ingest throughput counts only the ingests;
 2. close: the November close in a fresh process (``service.close``, the engine's work as the CLI calls
-   it) and the December close through the real CLI (``incentive cycle close --format json``, process
-   start and rendering of every listed evaluation included);
+   it; the median of ``CLOSE_RUNS`` such closes, each on its own copy of the ledger) and the December
+   close through the real CLI (``incentive cycle close --format json``, process start and rendering of
+   every listed evaluation included);
 3. verify and replay: ``Ledger.verify()`` (the hash chain from position 1) and the full fold
    (``service.load_state``), each in a fresh process, once one after the other and once at the same
    time (two processes: the machine has two cores);
@@ -377,8 +378,9 @@ def _peer_version() -> str:
 
 def calibration() -> float:
     """Seconds for 20 million additions in a Python loop: how fast this machine runs pure Python right
-    now. Measured at the start and at the end of a run, so that runs on the shared machine (whose speed
-    moves by tens of percent from hour to hour) can be compared by it, not only by their wall times."""
+    now, at the start and at the end of a run (the shared machine's speed moves by tens of percent from
+    hour to hour). It stays in the CPU's caches, so it misses slowdowns of memory-bound work: it was
+    1.26-1.36 s in a run whose closes were 40% slower than the same morning's (docs/performance.md)."""
     t = time.perf_counter()
     x = 0
     for i in range(20_000_000):
