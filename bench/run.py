@@ -219,7 +219,13 @@ def run_one(
     nov, dec = periods[-2], periods[-1]
     built = phase("build", url, str(data), nov)
     say(f"    ingest {built['ingest_eps']:,} ev/s; closing {nov} (engine, cold process) and {dec} (CLI)")
-    runs = [phase("close", copy, nov) for copy in dbs.copies(url, CLOSE_RUNS)]  # url last: December closes on it
+    copies = dbs.copies(url, CLOSE_RUNS)  # url last: December closes on it
+    runs = [phase("close", copy, nov) for copy in copies]
+    for copy in copies[:-1]:  # SQLite copies are files of the ledger's size (PostgreSQL's go with drop_all)
+        if copy.startswith("sqlite:///"):
+            path = Path(copy.removeprefix("sqlite:///"))
+            for p in path.parent.glob(path.name + "*"):
+                p.unlink()
     engine_close = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]  # the median run
     cli_close_s, cli_close_rss = cli(url, "cycle", "close", dec, "--format", "json")
     say("    verify, replay (apart, then together)")
