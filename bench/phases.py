@@ -180,11 +180,13 @@ def peer(url: str, data: str, budget: str = "0") -> None:
         batch = []
         for line in path.read_text(encoding="utf-8").splitlines():
             d = json.loads(line)
-            stream = (
-                f"contract:{d['contract_id']}"
-                if d["type"].startswith("contract.") or d["type"] == "service.cost"
-                else f"rep:{d['rep_id']}"
-            )
+            # the engine's streams (``core.events.stream_of``): a contract's service costs in one of their own
+            if d["type"] == "service.cost":
+                stream = f"service-cost:{d['contract_id']}"
+            elif d["type"].startswith("contract."):
+                stream = f"contract:{d['contract_id']}"
+            else:
+                stream = f"rep:{d['rep_id']}"
             oid = uuid.uuid5(uuid.NAMESPACE_URL, stream)
             versions[oid] = versions.get(oid, 0) + 1
             fields = {

@@ -243,8 +243,8 @@ def test_round_trip(ledger: Ledger) -> None:
     assert [r.stream_version for r in back] == expected_versions_of(events)
     assert [r.event for r in ledger.read(validate=False)] == events  # the fast path agrees
     assert [r.position for r in ledger.read(after=3, upto=6)] == [4, 5, 6]
-    assert ledger.stream_versions(["contract:C1", "rep:R1", "rep:nobody"]) == {
-        "contract:C1": 4, "rep:R1": 7, "rep:nobody": 0,
+    assert ledger.stream_versions(["contract:C1", "service-cost:C1", "rep:R1", "rep:nobody"]) == {
+        "contract:C1": 3, "service-cost:C1": 1, "rep:R1": 7, "rep:nobody": 0,
     }  # fmt: skip
 
     rows = list(ledger.read_rows())
@@ -271,7 +271,8 @@ def test_several_events_of_one_stream_in_one_append_get_consecutive_versions(led
     ]  # fmt: skip
     out = append(ledger, evs)
     assert [(r.position, r.stream_id, r.stream_version) for r in out] == [
-        (2, "contract:C1", 1), (3, "rep:R2", 1), (4, "contract:C1", 2), (5, "contract:C1", 3), (6, "rep:R1", 2),
+        (2, "contract:C1", 1), (3, "rep:R2", 1), (4, "service-cost:C1", 1), (5, "service-cost:C1", 2),
+        (6, "rep:R1", 2),
     ]  # fmt: skip
     assert list(ledger.read(after=1)) == out
 

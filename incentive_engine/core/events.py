@@ -364,10 +364,20 @@ EVENT_CLASSES: dict[str, type[Event]] = {
 }
 
 
+# A contract's service costs are a stream of their own, beside the contract's: they are most of a
+# contract's facts (about one a month for its whole life), and a close reads a contract's other facts
+# without stepping over every cost it ever had. Ledgers written before this kept them in the contract's
+# stream (``LEGACY_COST_STREAM``); nothing depends on which, and readers of costs look in both.
+COST_STREAM = "service-cost:"
+LEGACY_COST_STREAM = "contract:"
+
+
 def stream_of(event: Event) -> str:
     """The aggregate an event belongs to; optimistic concurrency is checked per stream."""
     t = event.type
-    if t.startswith("contract.") or t == "service.cost":
+    if t == "service.cost":
+        return COST_STREAM + event.contract_id  # type: ignore[attr-defined]
+    if t.startswith("contract."):
         return f"contract:{event.contract_id}"  # type: ignore[attr-defined]
     if t == "cycle.closed":
         return f"cycle:{event.period}"  # type: ignore[attr-defined]

@@ -342,6 +342,8 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     # every event of the contracts to evaluate but their service costs, and the reps' context; then the
     # service costs (most of a contract's events) of the contracts with a tranche to evaluate, from that
     # tranche's window on: the one rule that reads costs, ``_earned_tranche``, reads no earlier ones
+    # (the contract's stream holds no costs, which have their own; but for those recorded by an engine
+    # that kept them there: ``core.events.COST_STREAM``)
     streams = [f"contract:{cid}" for cid in work.contracts]
     records = stream_rows(conn, streams, "type <> 'service.cost'")
     records += rows_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
@@ -358,7 +360,7 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     for cid in work.contracts:
         first = _first_tranche(book, state, cid, as_of, work)
         if first is not None:
-            costs_from.setdefault(costs_needed_from(book, first).replace(day=1), []).append(f"contract:{cid}")
+            costs_from.setdefault(costs_needed_from(book, first).replace(day=1), []).append(cid)
     for cutoff, with_tranche in costs_from.items():  # (a contract's costs are kept in date order)
         fold_service_costs(conn, with_tranche, cutoff.isoformat(), projector)
     evaluated = evaluate_all(book, state, as_of, work.selects_due)

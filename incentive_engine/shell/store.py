@@ -46,7 +46,16 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
 from ..core.canonical import GENESIS_HASH, canonical_json, chain_hash, content_hash, record_text
-from ..core.events import ENGINE_TYPES, EVENT_CLASSES, Event, from_stored, stream_of, to_payload
+from ..core.events import (
+    COST_STREAM,
+    ENGINE_TYPES,
+    EVENT_CLASSES,
+    LEGACY_COST_STREAM,
+    Event,
+    from_stored,
+    stream_of,
+    to_payload,
+)
 from ..core.projections import ClosedCycle, Projector, Recorded
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
 from .tables import COLUMNS, PG_TRIGGER_FUNCTION, PG_TRUNCATE_TRIGGER, SQLITE_REPLACE_TRIGGERS, TABLE, TRIGGERS
@@ -572,18 +581,20 @@ def stream_rows(
     return out
 
 
-def fold_service_costs(conn: Connection, stream_ids: Iterable[str], since: str, projector: Projector) -> None:
-    """Fold the service costs of the given contract streams effective on or after ``since`` into
-    ``projector``, in position order, from four columns: the amount is taken out of the payload by the
-    database (``Projector.service_cost``), with no row decoded in Python. A close reads tens of thousands
-    of them (every cost in the window of each tranche it evaluates); the fold of whole rows gives the same
-    state (a test compares them)."""
+def fold_service_costs(conn: Connection, contract_ids: Iterable[str], since: str, projector: Projector) -> None:
+    """Fold the service costs of the given contracts effective on or after ``since`` into ``projector``,
+    in position order, from four columns: the amount is taken out of the payload by the database
+    (``Projector.service_cost``), with no row decoded in Python. A close reads tens of thousands of them
+    (every cost in the window of each tranche it evaluates); the fold of whole rows gives the same state (a
+    test compares them). Each contract's costs are looked up in their own stream and, for ledgers written
+    before it had one, in the contract's (``core.events.COST_STREAM``)."""
     if conn.dialect.name == "postgresql":
         amount, mark = "CAST(payload AS jsonb) ->> 'amount'", "%s"
     else:
         amount, mark = "json_extract(payload, '$.amount')", "?"
+    streams = [s for cid in contract_ids for s in (COST_STREAM + cid, LEGACY_COST_STREAM + cid)]
     rows: list[tuple[Any, ...]] = []
-    for chunk in _chunks(stream_ids):
+    for chunk in _chunks(streams):
         # (type || '': an expression, so that the planner looks these streams up by stream_id rather than
         # scanning every service cost since the cutoff through the (type, effective) index)
         sql = (
@@ -595,7 +606,7 @@ def fold_service_costs(conn: Connection, stream_ids: Iterable[str], since: str, 
     rows.sort()
     service_cost = projector.service_cost
     for position, stream_id, effective, value in rows:
-        service_cost(position, _day(effective), stream_id.removeprefix("contract:"), Decimal(value))
+        service_cost(position, _day(effective), stream_id[stream_id.index(":") + 1 :], Decimal(value))
 
 
 def _position(row: tuple[Any, ...]) -> int:
