@@ -358,7 +358,8 @@ def report(
         out.append(
             f"pure-Python loop of 20M additions: {calibrated[0]:.2f} s at the start, {calibrated[-1]:.2f} s at the end"
         )
-    out.append(table(rows))
+    if rows:
+        out.append(table(rows))
     for g in growth:
         y5, y10 = g[f"{SIZES[g['size']].years}y"], g[f"{2 * SIZES[g['size']].years}y"]
         out.append(
@@ -424,6 +425,7 @@ def main() -> None:
         "--peer-budget", type=float, default=0, help="stop the peer's append after this many seconds (0: never)"
     )
     ap.add_argument("--growth", action="store_true", help="also compare 5 and 10 years of history (SQLite)")
+    ap.add_argument("--growth-only", action="store_true", help="only that comparison, not the table")
     ap.add_argument("--work", type=Path, default=None, help="work directory (default: a temporary one)")
     ap.add_argument("--show", type=Path, default=None, help="print the summary of a stored results file, run nothing")
     args = ap.parse_args()
@@ -445,12 +447,13 @@ def main() -> None:
     try:
         for name in sizes:
             size = SIZES[name]
-            data, _, periods = write_data(size, work)
-            for kind in kinds:
-                rows.append(run_one(size, kind, dbs, data, periods, not args.no_peer, args.peer_budget))
-                print(table(rows[-1:]), flush=True)
-            shutil.rmtree(data)
-            if args.growth:
+            if not args.growth_only:
+                data, _, periods = write_data(size, work)
+                for kind in kinds:
+                    rows.append(run_one(size, kind, dbs, data, periods, not args.no_peer, args.peer_budget))
+                    print(table(rows[-1:]), flush=True)
+                shutil.rmtree(data)
+            if args.growth or args.growth_only:
                 growth.append(run_growth(size, "sqlite", dbs, work))
     finally:
         dbs.drop_all()
@@ -458,7 +461,8 @@ def main() -> None:
     print("\n" + report(machine(), rows, growth, calibrated))
     results = HERE / "results"
     results.mkdir(exist_ok=True)
-    out = results / f"{started}-{'-'.join(sizes)}-{'-'.join(kinds)}.json"
+    what = "growth-sqlite" if args.growth_only else "-".join(kinds)
+    out = results / f"{started}-{'-'.join(sizes)}-{what}.json"
     out.write_text(
         json.dumps({"machine": machine(), "calibration_s": calibrated, "rows": rows, "growth": growth}, indent=1)
     )
