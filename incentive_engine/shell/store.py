@@ -595,12 +595,14 @@ def fold_service_costs(conn: Connection, contract_ids: Iterable[str], since: str
     streams = [s for cid in contract_ids for s in (COST_STREAM + cid, LEGACY_COST_STREAM + cid)]
     rows: list[tuple[Any, ...]] = []
     for chunk in _chunks(streams):
-        # (type || '': an expression, so that the planner looks these streams up by stream_id rather than
-        # scanning every service cost since the cutoff through the (type, effective) index)
+        # (type || '' and effective || '': expressions, so that the planner looks these streams up by
+        # stream_id rather than scanning every service cost since the cutoff through the (type, effective)
+        # index, or intersecting with the (effective, content_hash) index: PostgreSQL did that on the M
+        # ledger, reading 934,000 index entries per 500 streams, 7.5 of a 13.7 s close)
         sql = (
             f"SELECT position, stream_id, effective, {amount} FROM {TABLE} "
             f"WHERE stream_id IN ({', '.join([mark] * len(chunk))}) AND type || '' = 'service.cost' "
-            f"AND effective >= {mark}"
+            f"AND effective || '' >= {mark}"
         )
         rows += driver_rows(conn, sql, [*chunk, since])
     rows.sort()
