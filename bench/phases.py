@@ -138,6 +138,8 @@ def peer(url: str, data: str, budget: str = "0") -> None:
     from eventsourcing.persistence import Transcoding
     from sqlalchemy.engine import make_url
 
+    from incentive_engine.core.events import COST_STREAM
+
     class Fact(DomainEvent):
         type: str
         effective: date
@@ -182,7 +184,7 @@ def peer(url: str, data: str, budget: str = "0") -> None:
             d = json.loads(line)
             # the engine's streams (``core.events.stream_of``): a contract's service costs in one of their own
             if d["type"] == "service.cost":
-                stream = f"service-cost:{d['contract_id']}"
+                stream = COST_STREAM + d["contract_id"]
             elif d["type"].startswith("contract."):
                 stream = f"contract:{d['contract_id']}"
             else:

@@ -23,7 +23,15 @@ from hypothesis import strategies as st
 from incentive_engine.core.cycles import compute_cycle, cycle_json, evaluation_json
 from incentive_engine.core.dates import periods_between
 from incentive_engine.core.evaluation import evaluate_all, fact_scopes
-from incentive_engine.core.events import COST_STREAM, ENGINE_TYPES, EVENT_CLASSES, FACT_ADAPTER, FACT_TYPES, stream_of
+from incentive_engine.core.events import (
+    COST_STREAM,
+    ENGINE_TYPES,
+    EVENT_CLASSES,
+    FACT_ADAPTER,
+    FACT_TYPES,
+    LEGACY_COST_STREAM,
+    stream_of,
+)
 from incentive_engine.core.projections import project, state_digest
 from incentive_engine.core.validation import check_batch
 from incentive_engine.shell import obligations, service, store
@@ -132,7 +140,7 @@ def _ingest(ledger: Ledger, batch: list[dict], legacy: bool = False) -> None:
 
 
 def _legacy_stream_of(event) -> str:
-    return f"contract:{event.contract_id}" if event.type == "service.cost" else stream_of(event)
+    return LEGACY_COST_STREAM + event.contract_id if event.type == "service.cost" else stream_of(event)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
