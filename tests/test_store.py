@@ -513,6 +513,70 @@ def test_a_refused_append_leaves_nothing_behind_even_if_the_error_is_caught(ledg
     assert ledger.verify().ok
 
 
+def test_an_event_id_given_twice_in_one_append_is_refused_before_anything_is_inserted(ledger: Ledger) -> None:
+    with ledger.writer() as w:
+        with pytest.raises(ConcurrencyConflict, match="event_id already recorded or given twice: twin"):
+            w.append([hire("R1", event_id="twin"), hire("R2"), hire("R3", event_id="twin")])
+        assert w.head() == (0, GENESIS_HASH)
+        w.append([hire("R4", event_id="twin")])  # still usable
+    assert [r.event.rep_id for r in ledger.read()] == ["R4"]  # type: ignore[attr-defined]
+
+
+def test_an_id_looked_up_as_absent_is_taken_once_this_writer_appends_it(ledger: Ledger) -> None:
+    """The writer remembers the ids it found absent (so an ingest's append does not look them up again);
+    appending one must forget it, or a second append of the same id would reach the unique key."""
+    with ledger.writer() as w:
+        assert w.event_id_hashes(["x"]) == {}
+        w.append([hire("R1", event_id="x")])
+        with pytest.raises(ConcurrencyConflict, match="event_id already recorded or given twice: x"):
+            w.append([hire("R2", event_id="x")])
+        assert set(w.event_id_hashes(["x"])) == {"x"}
+    assert count(ledger) == 1
+
+
+def test_an_insert_failing_after_some_rows_went_in_rolls_the_whole_writer_back(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite inserts an append in several statements without a savepoint (``Writer._insert_rows``): a
+    statement failing after the first leaves the writer unable to commit, even if the caller catches the
+    error. PostgreSQL's single COPY inside a savepoint leaves nothing behind and the writer usable."""
+    append(ledger, [hire("R0")])
+    head = ledger.head()
+    monkeypatch.setattr(store, "_ROWS_PER_INSERT", 2)
+    with ledger.engine.begin() as conn:  # a check of someone else's that the store cannot foresee
+        if ledger.engine.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER test_refuse_r3 BEFORE INSERT ON ledger_event WHEN NEW.stream_id = 'rep:R3' "
+                "BEGIN SELECT RAISE(ABORT, 'R3 is refused'); END"
+            )
+        else:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION test_refuse_r3() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                "IF NEW.stream_id = 'rep:R3' THEN RAISE EXCEPTION 'R3 is refused'; END IF; RETURN NEW; END $$"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER test_refuse_r3 BEFORE INSERT ON ledger_event FOR EACH ROW "
+                "EXECUTE FUNCTION test_refuse_r3()"
+            )
+    if ledger.engine.dialect.name == "sqlite":
+        refused = r"after 2 of its 3 rows were inserted .*R3 is refused.*rolled back"
+        with pytest.raises(EngineError, match=refused), ledger.writer() as w:
+            w.append([hire("R5")])  # an earlier append of the same writer goes too
+            with pytest.raises(EngineError, match="after 2 of its 3 rows"):
+                w.append([hire("R1"), hire("R2"), hire("R3")])  # the second statement fails
+            with pytest.raises(EngineError, match="rolled back"):
+                w.head()  # nothing more through this writer
+        assert ledger.head() == head and count(ledger) == 1
+    else:
+        with ledger.writer() as w:
+            with pytest.raises(Exception, match="R3 is refused") as refused:
+                w.append([hire("R1"), hire("R2"), hire("R3")])
+            assert type(refused.value).__module__.startswith("psycopg")  # the COPY's own error
+            w.append([hire("R5")])
+        assert [r.event.rep_id for r in ledger.read()] == ["R0", "R5"]  # type: ignore[attr-defined]
+    assert ledger.verify().ok
+
+
 def test_a_taken_stream_version_becomes_a_conflict(ledger: Ledger) -> None:
     with pytest.raises(ConcurrencyConflict, match="stream version or position"), ledger.writer() as w:
         assert w.stream_versions(["rep:R1"]) == {"rep:R1": 0}  # cached by the writer
