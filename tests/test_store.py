@@ -577,6 +577,22 @@ def test_an_insert_failing_after_some_rows_went_in_rolls_the_whole_writer_back(
     assert ledger.verify().ok
 
 
+def test_sqlite_hands_each_writer_the_connection_that_wrote_last(tmp_path: Any) -> None:
+    """SQLite discards a connection's page cache when another connection changed the file since it last
+    read: the pool must give the next writer the connection the last writer used (LIFO), not the one that
+    only read inside its block (FIFO did), or every append starts with a cold cache."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'ledger.db'}")
+    ledger.init()
+    writers = []
+    for rep in ("R1", "R2", "R3"):
+        with ledger.writer() as w:
+            writers.append(w.conn.connection.dbapi_connection)
+            assert ledger.head()[0] == len(writers) - 1  # a read on a second connection, inside the block
+            w.append([hire(rep)])
+    assert writers[0] is writers[1] is writers[2]
+    ledger.engine.dispose()
+
+
 def test_a_taken_stream_version_becomes_a_conflict(ledger: Ledger) -> None:
     with pytest.raises(ConcurrencyConflict, match="stream version or position"), ledger.writer() as w:
         assert w.stream_versions(["rep:R1"]) == {"rep:R1": 0}  # cached by the writer

@@ -166,7 +166,12 @@ def _make_engine(url: str) -> Engine:
         engine = (
             create_engine(u, poolclass=StaticPool, hide_parameters=True)
             if memory
-            else create_engine(u, hide_parameters=True)
+            # LIFO: the connection returned last is handed out next. SQLite drops a connection's page
+            # cache when another connection changed the file since it last read; a FIFO pool handed the
+            # next ingest's writer the connection that had only read (inside the previous writer's
+            # block), so every index page came from the OS again (version lookups of two M files: 8-9
+            # against 3.3-4.6 us per event)
+            else create_engine(u, hide_parameters=True, pool_use_lifo=True)
         )
 
         @event.listens_for(engine, "connect")
