@@ -1051,6 +1051,13 @@ def _native_verify(url: str) -> tuple[bool, int] | None:
 _NATIVE_SPLIT = 100_000 if (os.cpu_count() or 1) >= 2 else 0
 
 
+def _first_line(exc: BaseException) -> str:
+    """The driver's own message of a database error (SQLAlchemy's wrapper adds the statement), first line."""
+    cause = getattr(exc, "orig", None) or exc
+    text_ = str(cause)
+    return text_.splitlines()[0] if text_ else type(cause).__name__
+
+
 class Writer:
     """The exclusive writer, valid only inside ``with ledger.writer() as w:``. Everything it reads is
     the ledger as it stands under the lock, plus what it appended itself."""
@@ -1084,7 +1091,7 @@ class Writer:
                 f"beyond the head {head} this writer knows; another writer got there first?); nothing was written"
             )
         ids = [ev.event_id for ev in events if ev.event_id]
-        twice = sorted(i for i, n in Counter(ids).items() if n > 1) if len(set(ids)) != len(ids) else []
+        twice = sorted(i for i, n in Counter(ids).items() if n > 1)
         taken = sorted(_event_id_hashes(conn, [i for i in ids if i not in self._absent_ids])) + twice
         if taken:
             raise ConcurrencyConflict(
@@ -1113,10 +1120,8 @@ class Writer:
                 conn.exec_driver_sql(sql, tuple(chain.from_iterable(chunk)))
             except Exception as exc:
                 if i > 0:  # rows of this append are in: only the whole transaction can take them back
-                    cause = getattr(exc, "orig", None) or exc
                     self.failed = EngineError(
-                        f"an append failed after {i} of its {len(rows)} rows were inserted "
-                        f"({str(cause).splitlines()[0] if str(cause) else type(cause).__name__}); "
+                        f"an append failed after {i} of its {len(rows)} rows were inserted ({_first_line(exc)}); "
                         "this writer's transaction is rolled back, nothing of it was written"
                     )
                     raise self.failed from exc
@@ -1209,6 +1214,7 @@ class Writer:
         if not events:
             return []
         position, prev, last_recorded = self._head_full()
+        self._refuse_taken_keys(events, position)
         now = self._clock()
         recorded_at = last_recorded if last_recorded is not None and last_recorded > now else now
         versions = dict(current)
@@ -1235,7 +1241,6 @@ class Writer:
                 )
             )  # fmt: skip
             out.append(Recorded(position, recorded_at, stream_id, version, ev))
-        self._refuse_taken_keys(events, rows[0][0] - 1)
         try:
             if self._sqlite:
                 self._insert_rows(rows)  # all or nothing: see ``_insert_rows``
@@ -1243,7 +1248,7 @@ class Writer:
                 with conn.begin_nested():  # a failed statement would abort the whole transaction
                     self._insert_rows(rows)
         except IntegrityError as exc:
-            detail = str(exc.orig).splitlines()[0] if exc.orig is not None else str(exc)
+            detail = _first_line(exc)
             what = "an event_id already recorded" if "event_id" in detail else "a stream version or position taken"
             raise ConcurrencyConflict(
                 f"append refused by the ledger ({what}; another writer got there first?): {detail}; nothing was written"
