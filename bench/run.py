@@ -19,7 +19,8 @@ years each) and each database (SQLite file, PostgreSQL), on a fresh ledger:
 ``--growth`` also builds the same organisation five years later, after five years of an earlier book that
 ran out (``synth.doubled``: the same monthly activity, twice the history: events, contracts, forfeitures,
 reps' records), and compares the closes of the last year of each: November's in a fresh process (the
-median of three runs on copies of the ledger), and the other months' inside the build's process.
+median of five runs of each, every run on a fresh copy, the two ledgers' runs in turns once both are
+built), and the other months' inside the build's process.
 
 Every phase runs in its own process; peak memory is that process's maximum RSS. Figures go to stdout
 as tables and to ``bench/results/<run>.json``.
@@ -141,6 +142,13 @@ class Databases:
         """``n`` ledgers to close, the same as ``url``: ``n - 1`` copies and ``url`` itself last. SQLite:
         copies of the file, its WAL checkpointed into it first; PostgreSQL: databases created from it
         as their template (dropped with the others)."""
+        copies = [self.copy(url, i) for i in range(1, n)]
+        if url.startswith("sqlite:///"):
+            os.sync()  # the copies' writes are not left to land during a timed close
+        return [*copies, url]
+
+    def copy(self, url: str, i: int) -> str:
+        """A copy of the ledger at ``url`` (number ``i``; an older copy of that number is replaced)."""
         if url.startswith("sqlite:///"):
             import sqlite3
 
@@ -148,29 +156,32 @@ class Databases:
             db = sqlite3.connect(path)  # the build's last writes may still be in the WAL: into the file first
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             db.close()
-            copies = []
-            for i in range(1, n):
-                copy = path.with_name(f"{path.stem}_copy{i}.db")
-                for stale in copy.parent.glob(copy.name + "*"):  # a stale WAL would be read into the copy
-                    stale.unlink()
-                shutil.copyfile(path, copy)
-                copies.append(f"sqlite:///{copy}")
-            os.sync()  # the copies' writes are not left to land during a timed close
-            return [*copies, url]
+            copy = path.with_name(f"{path.stem}_copy{i}.db")
+            for stale in copy.parent.glob(copy.name + "*"):  # a stale WAL would be read into the copy
+                stale.unlink()
+            shutil.copyfile(path, copy)
+            return f"sqlite:///{copy}"
         from sqlalchemy import create_engine
         from sqlalchemy.engine import make_url
 
         source = make_url(url)
+        db = f"{source.database}_copy{i}"
         engine = create_engine(self.pg_url, isolation_level="AUTOCOMMIT")
-        copies = []
         with engine.connect() as conn:
-            for i in range(1, n):
-                db = f"{source.database}_copy{i}"
-                conn.exec_driver_sql(f'CREATE DATABASE "{db}" TEMPLATE "{source.database}"')
-                self.created.append(db)
-                copies.append(source.set(database=db).render_as_string(hide_password=False))
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            conn.exec_driver_sql(f'CREATE DATABASE "{db}" TEMPLATE "{source.database}"')
         engine.dispose()
-        return [*copies, url]
+        if db not in self.created:
+            self.created.append(db)
+        return source.set(database=db).render_as_string(hide_password=False)
+
+    def discard(self, url: str) -> None:
+        """Remove an SQLite copy's files now (a 10-year M ledger is 4 GB); PostgreSQL copies go with
+        ``drop_all``."""
+        if url.startswith("sqlite:///"):
+            path = Path(url.removeprefix("sqlite:///"))
+            for p in path.parent.glob(path.name + "*"):
+                p.unlink()
 
     def drop_all(self) -> None:
         if not self.created:
@@ -271,13 +282,20 @@ def run_one(
     return out
 
 
+# the growth's cold closes: this many of each ledger, taken in turns (5y, 10y, 10y, 5y, 5y, ...) so that
+# the machine's drift over the minutes they take falls on both alike
+GROWTH_CLOSE_RUNS = 5
+
+
 def run_growth(size: Size, kind: str, dbs: Databases, work: Path) -> dict[str, Any]:
     """The same org and monthly activity after 5 and after 10 years of history, two ways: the November
-    close of the last year in a fresh process (as ``incentive cycle close`` runs it; ``CLOSE_RUNS`` runs on
-    copies of the same ledger, the median), and the mean of the closes of that year's earlier months in
-    the build's own process (which also holds the in-process projection of the whole ledger, twice as
-    large after twice the history)."""
+    close of the last year in a fresh process (as ``incentive cycle close`` runs it), ``GROWTH_CLOSE_RUNS``
+    times for each ledger, each on a fresh copy, the two ledgers' closes in turns once both are built
+    (the median of each), and the mean of the closes of that year's earlier months in the build's own
+    process (which also holds the in-process projection of the whole ledger, twice as large after twice
+    the history; these two builds run one after the other, minutes apart)."""
     out: dict[str, Any] = {"size": size.name, "db": kind}
+    built_urls: dict[int, tuple[str, str]] = {}
     for s in (size, doubled(size)):
         data, _, periods = write_data(s, work)
         nov = periods[-2]
@@ -286,20 +304,30 @@ def run_growth(size: Size, kind: str, dbs: Databases, work: Path) -> dict[str, A
         built = phase("build", url, str(data), nov)
         last_months = {p for p in built["closes"] if p.startswith(periods[-1][:4])}
         last_year = [built["closes"][p] for p in sorted(last_months)]
-        cold = [phase("close", copy, nov)["seconds"] for copy in dbs.copies(url, CLOSE_RUNS)]
         out[f"{s.years}y"] = {
             "events": built["events"],
             "lines_last_year_mean": round(statistics.mean(n for p, n in built["lines"].items() if p in last_months)),
             "close_last_year_mean_s": round(statistics.mean(last_year), 3),
             "close_last_year_max_s": max(last_year),
             "closes": built["closes"],
-            "cold_close_s": cold,
-            "cold_close_median_s": statistics.median(cold),
+            "cold_close_s": [],
         }
-        dbs.drop_all()
+        built_urls[s.years] = (url, nov)
         shutil.rmtree(data)
-        for p in work.glob("*_growth*.db*"):
-            p.unlink()
+    order = [size.years, 2 * size.years]
+    for i in range(GROWTH_CLOSE_RUNS):
+        for years in order if i % 2 == 0 else order[::-1]:
+            url, nov = built_urls[years]
+            copy = dbs.copy(url, 1)
+            if kind == "sqlite":
+                os.sync()
+            out[f"{years}y"]["cold_close_s"].append(phase("close", copy, nov)["seconds"])
+            dbs.discard(copy)
+    for years in order:
+        out[f"{years}y"]["cold_close_median_s"] = statistics.median(out[f"{years}y"]["cold_close_s"])
+    dbs.drop_all()
+    for p in work.glob("*_growth*.db*"):
+        p.unlink()
     five, ten = out[f"{size.years}y"], out[f"{2 * size.years}y"]
     out["ratio_cold"] = round(ten["cold_close_median_s"] / five["cold_close_median_s"], 2)
     out["ratio_mean"] = round(ten["close_last_year_mean_s"] / five["close_last_year_mean_s"], 2)
