@@ -351,6 +351,29 @@ def test_the_fast_fold_gives_the_state_of_the_validated_replay(ledger):
     assert projector.state.position == ledger.head()[0]
 
 
+def test_the_fast_fold_reads_the_engines_own_events_in_place(worked):
+    """The fold reads five columns and looks up the stream, version and recording time of the engine's
+    own events (registered plans, closed cycles) by position, on a connection whose read is still open
+    (a server-side cursor on PostgreSQL): same state as the validated replay, from the start and from a
+    position in the middle."""
+    from incentive_engine.core.projections import Projector
+
+    _close_all(worked, periods_between("2026-01", "2026-06"))
+    middle = worked.head()[0]
+    _close_all(worked, periods_between("2026-07", "2026-09"))
+    full = Projector()
+    worked.fold(full)
+    assert state_digest(full.state) == state_digest(project(worked.read()))
+    assert {c.recorded_at for c in full.state.cycles.values()} == {
+        c.recorded_at for c in project(worked.read()).cycles.values()
+    }
+    split = Projector()
+    worked.fold(split, upto=middle)
+    worked.fold(split, after=middle)
+    assert state_digest(split.state) == state_digest(full.state)
+    assert len(full.state.cycles) == 9 and full.state.plans
+
+
 def test_service_costs_read_as_columns_give_the_state_of_the_whole_rows(worked):
     """The close reads service costs as four columns (``fold_service_costs``); folded with the other rows,
     they must give each contract exactly the state the fold of whole rows gives (SQLite and PostgreSQL)."""
