@@ -870,7 +870,7 @@ class Ledger:
             yield from _read(conn, after, upto, recorded_upto, validate)
 
     def fold(self, projector: Projector, after: int = 0, upto: int | None = None) -> None:
-        """Fold every event with ``after < position <= upto`` into ``projector`` (``fold_rows``: trusted,
+        """Fold every event with ``after < position <= upto`` into ``projector`` (``_fold``: trusted,
         fast)."""
         with self._ready().connect() as conn:
             _fold(_stream(conn, _FOLD_COLUMNS, after, upto), projector, partial(_engine_columns, conn))
