@@ -142,10 +142,7 @@ class Databases:
         """``n`` ledgers to close, the same as ``url``: ``n - 1`` copies and ``url`` itself last. SQLite:
         copies of the file, its WAL checkpointed into it first; PostgreSQL: databases created from it
         as their template (dropped with the others)."""
-        copies = [self.copy(url, i) for i in range(1, n)]
-        if url.startswith("sqlite:///"):
-            os.sync()  # the copies' writes are not left to land during a timed close
-        return [*copies, url]
+        return [*(self.copy(url, i) for i in range(1, n)), url]
 
     def copy(self, url: str, i: int) -> str:
         """A copy of the ledger at ``url`` (number ``i``; an older copy of that number is replaced)."""
@@ -160,6 +157,7 @@ class Databases:
             for stale in copy.parent.glob(copy.name + "*"):  # a stale WAL would be read into the copy
                 stale.unlink()
             shutil.copyfile(path, copy)
+            os.sync()  # the copy's writes are not left to land during a timed close
             return f"sqlite:///{copy}"
         from sqlalchemy import create_engine
         from sqlalchemy.engine import make_url
@@ -319,8 +317,6 @@ def run_growth(size: Size, kind: str, dbs: Databases, work: Path) -> dict[str, A
         for years in order if i % 2 == 0 else order[::-1]:
             url, nov = built_urls[years]
             copy = dbs.copy(url, 1)
-            if kind == "sqlite":
-                os.sync()
             out[f"{years}y"]["cold_close_s"].append(phase("close", copy, nov)["seconds"])
             dbs.discard(copy)
     for years in order:

@@ -450,21 +450,20 @@ def _fold(rows: Iterable[Any], projector: Projector, engine_columns: Callable[[i
             if type(data) is dict and data.keys() == cost_keys:
                 service_cost(position, _day(effective), data["contract_id"], Decimal(data["amount"]))
                 continue
-        elif type_ in engine_types:
-            stream_id, stream_version, recorded_at = engine_columns(position)
-            if type_ == "cycle.closed":
-                cycle = _closed_cycle(position, recorded_at, stream_id, payload)
-                if cycle is not None:
-                    closed_cycle(cycle)
-                    continue
-            event = _rebuild_trusted(type_, effective, event_id, payload)
-            apply(Recorded(position, recorded_at, stream_id, stream_version, event))
-            continue
-        plan = plans.get(type_)
+        elif type_ == "cycle.closed":
+            stream_id, _, recorded_at = engine_columns(position)
+            cycle = _closed_cycle(position, recorded_at, stream_id, payload)
+            if cycle is not None:
+                closed_cycle(cycle)
+                continue
+        plan = plans.get(type_)  # None for the engine's own events: rebuilt below
         values = plan.values(effective, event_id, _loads(payload)) if plan is not None else None
         if values is None:
             event = _rebuild_trusted(type_, effective, event_id, payload)
-            apply(Recorded(position, None, None, None, event))  # type: ignore[arg-type]
+            stream_id, stream_version, recorded_at = (
+                engine_columns(position) if type_ in engine_types else (None, None, None)
+            )
+            apply(Recorded(position, recorded_at, stream_id, stream_version, event))  # type: ignore[arg-type]
             continue
         bag = _Values()
         bag.__dict__ = values
