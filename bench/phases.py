@@ -36,8 +36,9 @@ def _done(**figures: Any) -> None:
     print(json.dumps(figures))
 
 
-def build(url: str, data: str, last: str) -> None:
-    """The monthly workflow, in one process: ingest the month's CRM export, close the month."""
+def build(url: str, data: str, last: str, held: str = "") -> None:
+    """The monthly workflow, in one process: ingest the month's CRM export, close the month (the months
+    before ``last``). The file of month ``held``, if any, is left for a later phase to ingest."""
     from incentive_engine.shell import service
     from incentive_engine.shell.plans import default_rules_dir, load_plans
     from incentive_engine.shell.store import Ledger
@@ -46,7 +47,7 @@ def build(url: str, data: str, last: str) -> None:
     ledger.init()
     book = load_plans(default_rules_dir())
     ingest_s, events, closes, lines = 0.0, 0, {}, {}
-    files = sorted(Path(data).glob("*.jsonl"))
+    files = sorted(p for p in Path(data).glob("*.jsonl") if p.stem != held)
     for path in files:
         t = time.perf_counter()
         (result,) = service.ingest_files(ledger, [path])

@@ -82,6 +82,26 @@ class _Scratch:
         self.projector.apply(Recorded(fake_position, "", "", 0, event))
 
 
+def entities_read(events: Sequence[Event]) -> tuple[set[str], set[str]]:
+    """The contracts and the reps ``check_batch`` can look up in the state for ``events``: every
+    ``contract_id``, ``rep_id`` and ``manager_id`` they name (a superset: looking up more changes nothing).
+    The rules read nothing else of the state but its position, so a file checked against only these
+    entities gets the same answer as against the whole ledger (``shell.service`` reads them from their
+    streams instead of replaying the ledger; a test compares the two)."""
+    contracts: set[str] = set()
+    reps: set[str] = set()
+    for event in events:
+        fields = event.__dict__
+        cid = fields.get("contract_id")
+        if cid is not None:
+            contracts.add(cid)
+        for name in ("rep_id", "manager_id"):
+            rid = fields.get(name)
+            if rid is not None:
+                reps.add(rid)
+    return contracts, reps
+
+
 def check_batch(state: LedgerState, events: Sequence[Event]) -> list[Rejection]:
     scratch = _Scratch(state)
     problems: list[Rejection] = []

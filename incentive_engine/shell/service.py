@@ -19,11 +19,11 @@ from ..core.events import Event, PlanRegistered, to_payload
 from ..core.plan import PlanBook
 from ..core.projections import LedgerState, Projector, Recorded, project
 from ..core.reading import read_events
-from ..core.validation import check_batch
+from ..core.validation import check_batch, entities_read
 from ..errors import CycleError, InputError, Problem
 from . import obligations
 from .plans import book_from_registered
-from .store import Ledger, Writer
+from .store import Ledger, Writer, entities_state
 
 Progress = Callable[[int], None]
 
@@ -132,7 +132,7 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
     if not parsed:
         return IngestResult(source, problems=problems)
     with ledger.writer() as w:
-        state = current_state(ledger, w)
+        state = _reference_state(ledger, w, [e for _, e in parsed])
         payloads = [canonical_json(to_payload(e)) for _, e in parsed]  # once, for deduplication and append
         new, skipped, found = _deduplicate(w, source, parsed, payloads)
         problems += found
@@ -150,6 +150,19 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
         head_hash = w.head()[1]
     _advance(ledger, recorded, head_hash)
     return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
+
+
+def _reference_state(ledger: Ledger, w: Writer, events: list[Event]) -> LedgerState:
+    """What a file's reference rules are checked against. A process that keeps the whole ledger's
+    projection already (it replayed the ledger for something else) brings it up to date; any other reads
+    only the contracts and reps the file names, from their streams (``core.validation.entities_read``),
+    so that ``incentive ingest`` of a month's file costs in proportion to the file, not to the ledger's
+    length (on the M ledger it first replayed 2M events: about 12 s and 2.4 GB). The rules give the same
+    answers on both (a test compares them)."""
+    if ledger.url in _PROJECTIONS:
+        return current_state(ledger, w)
+    contracts, reps = entities_read(events)
+    return entities_state(w.conn, contracts, reps)
 
 
 class _Abort(Exception):
