@@ -146,8 +146,9 @@ def _legacy_stream_of(event) -> str:
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(facts(), st.integers(1, 4), st.sampled_from([0, 0, 7, 30, 99]))
 def test_incremental_close_equals_the_full_close(tmp_path_factory, recorded_facts, step, legacy_months):
-    """Every ``step`` months: ingest what was recorded by then, close; the incremental close must issue
-    what compute_cycle over a full replay issues (lines, totals and every listed evaluation). For the
+    """Every ``step`` months: ingest what was recorded by then, preview, close; the incremental preview and
+    close must issue what compute_cycle over a full replay issues (lines, totals and every listed
+    evaluation). For the
     first ``legacy_months``, service costs go to their contract's stream (a ledger written before they had
     their own, then continued)."""
     ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('inc') / 'l.db'}")
@@ -159,7 +160,11 @@ def test_incremental_close_equals_the_full_close(tmp_path_factory, recorded_fact
         month = PERIODS.index(period)
         last = PERIODS.index(periods[i - 1]) if i else -1
         _ingest(ledger, [f for m, f in recorded_facts if last < m <= month], legacy=month < legacy_months)
-        full = cycle_json(compute_cycle(book, project(ledger.read()), period, "closed"))
+        state = project(ledger.read())
+        assert cycle_json(service.preview(ledger, book, period)) == cycle_json(
+            compute_cycle(book, state, period, "preview")
+        ), period
+        full = cycle_json(compute_cycle(book, state, period, "closed"))
         assert cycle_json(service.close(ledger, book, period)) == full, period
     ledger.dispose()
 
@@ -251,6 +256,29 @@ def test_the_incremental_path_is_taken(worked, monkeypatch):
     monkeypatch.setattr(obligations, "full", no_full)
     got = _close_all(worked, periods_between("2026-02", "2027-06"))
     assert got == _replayed(worked, list(got))
+
+
+def test_a_preview_takes_the_incremental_path_and_records_nothing(worked, monkeypatch):
+    """After a close, a preview evaluates what changed, as the close does, without replaying the ledger
+    (in a read-only snapshot), and writes nothing: not the cycle, not the projection."""
+    _close_all(worked, periods_between("2026-01", "2026-12"))
+    expected = cycle_json(compute_cycle(reference_book(), project(worked.read()), "2027-01", "preview"))
+    head = worked.head()
+    with worked.engine.connect() as conn:
+        before = conn.exec_driver_sql("SELECT * FROM obligation_state ORDER BY obligation_id").all()
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("the preview replayed the ledger")
+
+    service.forget_projections()
+    monkeypatch.setattr(service, "load_state", no_replay)
+    monkeypatch.setattr(service, "current_state", no_replay)
+    preview = service.preview(worked, reference_book(), "2027-01")
+    assert preview.evaluations and len(preview.evaluations) > len(preview.lines)
+    assert cycle_json(preview) == expected
+    assert worked.head() == head
+    with worked.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT * FROM obligation_state ORDER BY obligation_id").all() == before
 
 
 @pytest.mark.parametrize(

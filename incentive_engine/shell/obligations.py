@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 from bisect import bisect_left
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from decimal import Decimal
 from operator import itemgetter
@@ -60,6 +60,7 @@ from .store import (
     fact_views,
     fold_service_costs,
     fold_sorted,
+    head_position,
     refresh_statistics,
     rows_where,
     stream_rows,
@@ -318,12 +319,13 @@ class Prepared:
     rows: dict[str, _Row]  # the rows of the evaluated obligations before this cycle
     full: bool  # evaluated everything: the projection is rebuilt from scratch
     count: int = 0  # rows in the projection before this cycle (incremental)
+    cycle_position: int = 0  # the position of the cycle those rows stand at (incremental)
 
 
-def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared | None:
+def incremental(conn: Connection, book: PlanBook, period: str, status: str) -> Prepared | None:
     """The cycle for ``period`` from the projection, or None when the projection cannot be used (missing,
-    stale, other plans) or ``period`` is not after the last closed one (the caller's full path decides)."""
-    conn = w.conn
+    stale, other plans) or ``period`` is not after the last closed one (the caller's full path decides).
+    Reads only: ``conn`` is the close's writer transaction, or a preview's snapshot."""
     meta = _meta(conn)
     last = _last_cycle(conn)
     if meta is None or last is None:
@@ -334,7 +336,7 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
         return None  # rows were removed or added behind the engine's back
     if period <= last.period:
         return None
-    head = w.head()[0]
+    head = head_position(conn)
     as_of = period_end(period)
     work = _what_changed(conn, book, last, as_of, head)
 
@@ -384,7 +386,17 @@ def incremental(w: Writer, book: PlanBook, period: str, status: str) -> Prepared
     }  # as paid_history reads them from the last cycle
     result = cycle_from(book, period, status, evaluated, PaidHistory(paid, counts, carried), last.plans)
     sellers = {cid: c.seller for cid, c in state.contracts.items()}
-    return Prepared(result, evaluated, sellers, rows, full=False, count=meta[5])
+    return Prepared(result, evaluated, sellers, rows, full=False, count=meta[5], cycle_position=last.position)
+
+
+def previewed(conn: Connection, plan: Prepared) -> CycleResult:
+    """An incremental cycle's result as a preview shows it (nothing recorded): its evaluations, and the
+    projection's forfeitures that it did not evaluate, listed again as they were (what ``record`` and the
+    close's listing give once recorded). Read here, in the caller's snapshot."""
+    evaluated = {ev.obligation.obligation_id for ev in plan.evaluated}
+    rows = stored_forfeitures(conn, plan.cycle_position, evaluated)
+    listed = plan.result.evaluations
+    return replace(plan.result, evaluations=Listing(len(listed) + len(rows), lambda: merged(listed, rows)))
 
 
 def _earliest_due(work: _Work, rows: list[tuple[Any, ...]]) -> date:

@@ -243,6 +243,13 @@ def check_period(period: str) -> str:
 
 
 def preview(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
+    """What closing ``period`` would issue, recording nothing. Incremental when the obligation projection
+    matches the ledger, as the close is (in a read-only snapshot, no writer's lock); else from the
+    whole state."""
+    with ledger.snapshot() as conn:
+        prepared = obligations.incremental(conn, book, check_period(period), "preview")
+        if prepared is not None:
+            return obligations.previewed(conn, prepared)
     state = load_state(ledger)
     _check_order(state, check_period(period))
     if period in state.cycles:
@@ -269,7 +276,7 @@ def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
 
 def _close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
     with ledger.writer() as w:
-        prepared = obligations.incremental(w, book, period, "closed")
+        prepared = obligations.incremental(w.conn, book, period, "closed")
         if prepared is None:
             state = current_state(ledger, w)
             if period in state.cycles:

@@ -693,6 +693,11 @@ def driver_rows(conn: Connection, sql: str, params: Sequence[Any]) -> list[tuple
         cur.close()
 
 
+def head_position(conn: Connection) -> int:
+    """The ledger's last position as ``conn`` sees it (0 when empty)."""
+    return _head(conn)[0]
+
+
 def _head(conn: Connection) -> tuple[int, str, str | None]:
     row = conn.execute(text(f"SELECT position, hash, recorded_at FROM {TABLE} ORDER BY position DESC LIMIT 1")).first()
     if row is None:
@@ -913,6 +918,18 @@ class Ledger:
         """Current version of each stream (0 for a stream with no events yet)."""
         with self._ready().connect() as conn:
             return _stream_versions(conn, stream_ids)
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction that sees one state of the ledger throughout, without the writer's lock
+        (writers go on meanwhile): on SQLite a deferred transaction (in WAL mode it reads the snapshot of
+        its first read), on PostgreSQL a REPEATABLE READ one."""
+        engine = self._ready()
+        with engine.connect() as conn:
+            if conn.dialect.name != "sqlite":
+                conn.execution_options(isolation_level="REPEATABLE READ", postgresql_readonly=True)
+            with conn.begin():
+                yield conn
 
     # --- writing ---
 
