@@ -707,3 +707,20 @@ def test_obligations_of_a_seller_are_found_whether_or_not_the_seller_is_their_pa
                 "WHERE seller IN ('R1') AND seller <> payee AND due >= '2027-01-01'"
             ).all()
             assert "ix_obligation_state_reseller" in str(plan)
+
+
+def test_a_leavers_hire_is_found_even_where_it_is_not_the_first_event_of_its_stream(ledger):
+    """The close reads the hires of the reps with a termination as the first event of each one's stream;
+    a ledger where a rep's stream begins otherwise (written without the reference rules) is read by type."""
+    facts = [
+        {"type": "rep.hired", "effective": "2025-01-01", "rep_id": "R1", "name": "A", "role": "rep"},
+        {"type": "kpi.measured", "effective": "2025-01-01", "rep_id": "R2", "year": 2025, "kpi": "csat", "value": "4"},
+        {"type": "rep.hired", "effective": "2025-01-01", "rep_id": "R2", "name": "B", "role": "rep"},
+    ]
+    with ledger.writer() as w:
+        w.append([FACT_ADAPTER.validate_python(f) for f in facts])  # no reference rules: R2's KPI comes first
+    with ledger.engine.connect() as conn:
+        assert [(r[1], r[3]) for r in obligations._hires(conn, {"rep:R1"})] == [("rep:R1", "rep.hired")]
+        found = sorted((r[1], r[3]) for r in obligations._hires(conn, {"rep:R1", "rep:R2"}))
+        assert found == [("rep:R1", "rep.hired"), ("rep:R2", "rep.hired")]
+        assert obligations._hires(conn, set()) == []

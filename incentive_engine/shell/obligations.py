@@ -11,7 +11,8 @@ them in the projection until its listing is read (``Listing``). So a close needs
 - the contracts touched by the facts that are new or newly visible since the last close (recorded after
   the position it saw, or effective after its as-of date), by contracts newly vesting a tranche, and by
   held obligations: their streams are read by ``stream_id`` and folded with the core projector;
-- the reps' terminations, compliance findings, scorecards and manual adjustments (small, by type);
+- the reps' terminations (and those leavers' hires), compliance findings, scorecards and manual
+  adjustments (small, by type);
 - for each obligation evaluated so far, one row of ``obligation_state``: paid to date, number of lines,
   status at the last close and, when not earned, its evaluation as listed.
 
@@ -71,8 +72,10 @@ FORMAT = 1  # bump when the rows' meaning changes: older projections are then re
 META_NAME = "obligations"
 IN_CHUNK = 500
 # the reps' facts the rules read (terminations, vetoes, scorecards) and the manual adjustments
-# (scorecards are read apart: only the years the evaluated tranches can read)
-CONTEXT_TYPES = ("rep.hired", "rep.terminated", "compliance.violation", "adjustment.recorded")
+# (scorecards are read apart: only the years the evaluated tranches can read). A rep is looked up only
+# for its termination (``bad_leaver``, ``no_owner``; a rep not in the state has none), so the hires read
+# are the leavers' alone (``_hires``): most reps' records are hires, and every rep ever hired has one
+CONTEXT_TYPES = ("rep.terminated", "compliance.violation", "adjustment.recorded")
 
 
 def book_key(book: PlanBook) -> str:
@@ -348,7 +351,8 @@ def incremental(conn: Connection, book: PlanBook, period: str, status: str) -> P
     # that kept them there: ``core.events.COST_STREAM``)
     streams = [f"contract:{cid}" for cid in work.contracts]
     records = stream_rows(conn, streams, "type <> 'service.cost'")
-    records += rows_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
+    context = rows_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
+    records += context + _hires(conn, {r[1] for r in context if r[3] == "rep.terminated"})
     # scorecards: a tranche vesting in year Y reads the seller's Y-1 scorecard, so only the years from the
     # one before the earliest due date evaluated (the reps' yearly scorecards are most of the context)
     year = _year_column(conn)
@@ -397,6 +401,16 @@ def previewed(conn: Connection, plan: Prepared) -> CycleResult:
     rows = stored_forfeitures(conn, plan.cycle_position, evaluated)
     listed = plan.result.evaluations
     return replace(plan.result, evaluations=Listing(len(listed) + len(rows), lambda: merged(listed, rows)))
+
+
+def _hires(conn: Connection, streams: set[str]) -> list[tuple[Any, ...]]:
+    """The ``rep.hired`` rows of the reps with these streams. A rep's hire is the first event of its stream
+    (the reference rules refuse any fact of a rep not hired, and a second hire), so each is one probe of
+    the stream index; a ledger where that does not hold gets every hire, read by type, instead."""
+    rows = stream_rows(conn, streams, "stream_version = 1")
+    if len(rows) != len(streams) or any(r[3] != "rep.hired" for r in rows):
+        rows = [r for r in rows_where(conn, "type = 'rep.hired'", ()) if r[1] in streams]
+    return rows
 
 
 def _earliest_due(work: _Work, rows: list[tuple[Any, ...]]) -> date:
