@@ -117,6 +117,32 @@ def test_payroll_export_sums_to_the_cycle_total(demo):
             )
 
 
+def test_the_payroll_export_reads_its_cycle_and_reps_alone_and_equals_the_one_from_a_replay(demo, monkeypatch):
+    """``cycle export`` reads the period's cycle and the hires of the reps it pays, not the whole ledger;
+    every month's export equals the one written from a full replay (names included), and a period not
+    closed is refused as before."""
+    from incentive_engine.shell import statements
+
+    _, db, _ = demo
+    ledger = Ledger(db)
+    state = service.load_state(ledger)
+    assert len(state.cycles) == 60
+    exports = {p: statements.payroll_csv(state, p) for p in state.cycles}
+    assert sum(len(text.splitlines()) - 1 for text in exports.values()) > 100  # rows besides the headers
+    assert any(row["name"] for text in exports.values() for row in csv.DictReader(io.StringIO(text)))
+
+    def no_replay(*args, **kwargs):
+        raise AssertionError("the export replayed the ledger")
+
+    monkeypatch.setattr(service, "load_state", no_replay)
+    monkeypatch.setattr(service, "current_state", no_replay)
+    for period, expected in exports.items():
+        assert statements.payroll_csv(service.payroll_state(ledger, period), period) == expected, period
+    with pytest.raises(Exception, match="2031-01 is not closed"):
+        statements.payroll_csv(service.payroll_state(ledger, "2031-01"), "2031-01")
+    ledger.dispose()
+
+
 def test_statement_formats(demo, tmp_path):
     _, db, _ = demo
     state = service.load_state(Ledger(db))

@@ -720,7 +720,7 @@ def test_a_leavers_hire_is_found_even_where_it_is_not_the_first_event_of_its_str
     with ledger.writer() as w:
         w.append([FACT_ADAPTER.validate_python(f) for f in facts])  # no reference rules: R2's KPI comes first
     with ledger.engine.connect() as conn:
-        assert [(r[1], r[3]) for r in obligations._hires(conn, {"rep:R1"})] == [("rep:R1", "rep.hired")]
-        found = sorted((r[1], r[3]) for r in obligations._hires(conn, {"rep:R1", "rep:R2"}))
+        assert [(r[1], r[3]) for r in store.hires(conn, {"rep:R1"})] == [("rep:R1", "rep.hired")]
+        found = sorted((r[1], r[3]) for r in store.hires(conn, {"rep:R1", "rep:R2"}))
         assert found == [("rep:R1", "rep.hired"), ("rep:R2", "rep.hired")]
-        assert obligations._hires(conn, set()) == []
+        assert store.hires(conn, set()) == []

@@ -348,8 +348,7 @@ def cycle_export(
         raise typer.BadParameter("only --format csv is supported")
     s = _settings(ctx)
     s.ledger.check_schema()
-    state = service.load_state(s.ledger)
-    text = statements.payroll_csv(state, service.check_period(period))
+    text = statements.payroll_csv(service.payroll_state(s.ledger, period), service.check_period(period))
     if out is not None:
         out.write_text(text, encoding="utf-8")
         render.out.print(f"Wrote {out}")

@@ -62,6 +62,7 @@ from .store import (
     fold_service_costs,
     fold_sorted,
     head_position,
+    hires,
     refresh_statistics,
     rows_where,
     stream_rows,
@@ -74,7 +75,7 @@ IN_CHUNK = 500
 # the reps' facts the rules read (terminations, vetoes, scorecards) and the manual adjustments
 # (scorecards are read apart: only the years the evaluated tranches can read). A rep is looked up only
 # for its termination (``bad_leaver``, ``no_owner``; a rep not in the state has none), so the hires read
-# are the leavers' alone (``_hires``): most reps' records are hires, and every rep ever hired has one
+# are the leavers' alone (``store.hires``): most reps' records are hires, and every rep ever hired has one
 CONTEXT_TYPES = ("rep.terminated", "compliance.violation", "adjustment.recorded")
 
 
@@ -352,7 +353,7 @@ def incremental(conn: Connection, book: PlanBook, period: str, status: str) -> P
     streams = [f"contract:{cid}" for cid in work.contracts]
     records = stream_rows(conn, streams, "type <> 'service.cost'")
     context = rows_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)
-    records += context + _hires(conn, {r[1] for r in context if r[3] == "rep.terminated"})
+    records += context + hires(conn, {r[1] for r in context if r[3] == "rep.terminated"})
     # scorecards: a tranche vesting in year Y reads the seller's Y-1 scorecard, so only the years from the
     # one before the earliest due date evaluated (the reps' yearly scorecards are most of the context)
     year = _year_column(conn)
@@ -401,16 +402,6 @@ def previewed(conn: Connection, plan: Prepared) -> CycleResult:
     rows = stored_forfeitures(conn, plan.cycle_position, evaluated)
     listed = plan.result.evaluations
     return replace(plan.result, evaluations=Listing(len(listed) + len(rows), lambda: merged(listed, rows)))
-
-
-def _hires(conn: Connection, streams: set[str]) -> list[tuple[Any, ...]]:
-    """The ``rep.hired`` rows of the reps with these streams. A rep's hire is the first event of its stream
-    (the reference rules refuse any fact of a rep not hired, and a second hire), so each is one probe of
-    the stream index; a ledger where that does not hold gets every hire, read by type, instead."""
-    rows = stream_rows(conn, streams, "stream_version = 1")
-    if len(rows) != len(streams) or any(r[3] != "rep.hired" for r in rows):
-        rows = [r for r in rows_where(conn, "type = 'rep.hired'", ()) if r[1] in streams]
-    return rows
 
 
 def _earliest_due(work: _Work, rows: list[tuple[Any, ...]]) -> date:

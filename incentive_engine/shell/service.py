@@ -23,7 +23,7 @@ from ..core.validation import check_batch, entities_read
 from ..errors import CycleError, InputError, Problem
 from . import obligations
 from .plans import book_from_registered
-from .store import Ledger, Writer, entities_state
+from .store import Ledger, Writer, entities_state, fold_sorted, hires, stream_rows
 
 Progress = Callable[[int], None]
 
@@ -150,6 +150,18 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
         head_hash = w.head()[1]
     _advance(ledger, recorded, head_hash)
     return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
+
+
+def payroll_state(ledger: Ledger, period: str) -> LedgerState:
+    """What a payroll export reads (``statements.payroll_csv``): the period's ``cycle.closed`` and the
+    hires (names) of the reps its totals pay, read by stream in one snapshot; not a replay of the ledger."""
+    projector = Projector()
+    with ledger.snapshot() as conn:
+        fold_sorted(stream_rows(conn, [f"cycle:{check_period(period)}"], "type = 'cycle.closed'"), projector)
+        cycle = projector.state.cycles.get(period)
+        if cycle is not None:
+            fold_sorted(hires(conn, {f"rep:{t['rep_id']}" for t in cycle.totals}), projector)
+    return projector.state
 
 
 def _reference_state(ledger: Ledger, w: Writer, events: list[Event]) -> LedgerState:

@@ -656,6 +656,16 @@ def entities_state(conn: Connection, contract_ids: Iterable[str], rep_ids: Itera
     return projector.state
 
 
+def hires(conn: Connection, streams: set[str]) -> list[tuple[Any, ...]]:
+    """The ``rep.hired`` rows of the reps with these streams (``rep:ID``). A rep's hire is the first event
+    of its stream (the reference rules refuse any fact of a rep not hired, and a second hire), so each is
+    one probe of the stream index; a ledger where that does not hold gets every hire, read by type."""
+    rows = stream_rows(conn, streams, "stream_version = 1")
+    if len(rows) != len(streams) or any(r[3] != "rep.hired" for r in rows):
+        rows = [r for r in rows_where(conn, "type = 'rep.hired'", ()) if r[1] in streams]
+    return rows
+
+
 def _position(row: tuple[Any, ...]) -> int:
     return int(row[0])
 
