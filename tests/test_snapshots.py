@@ -724,3 +724,6 @@ def test_a_leavers_hire_is_found_even_where_it_is_not_the_first_event_of_its_str
         found = sorted((r[1], r[3]) for r in store.hires(conn, {"rep:R1", "rep:R2"}))
         assert found == [("rep:R1", "rep.hired"), ("rep:R2", "rep.hired")]
         assert store.hires(conn, set()) == []
+        with patch.object(store, "rows_where", wraps=store.rows_where) as reads:  # R9: no events at all
+            assert [r[1] for r in store.hires(conn, {"rep:R1", "rep:R9"})] == ["rep:R1"]
+        assert all("rep.hired" not in call.args[1] for call in reads.call_args_list)  # no read of every hire

@@ -649,19 +649,25 @@ def entities_state(conn: Connection, contract_ids: Iterable[str], rep_ids: Itera
     position is the ledger's head. What ``core.validation.check_batch`` reads of a file's entities, at a
     cost in proportion to them rather than to the ledger's length."""
     rows = stream_rows(conn, [f"contract:{cid}" for cid in contract_ids], "type <> 'service.cost'")
-    rows += stream_rows(conn, [f"rep:{rid}" for rid in rep_ids], "type IN ('rep.hired', 'rep.terminated')")
+    # (not the reps' whole streams, which hold their KPIs, targets and scorecards: the hires one probe
+    # each, the terminations, a few, by type)
+    reps = {f"rep:{rid}" for rid in rep_ids}
+    rows += hires(conn, reps)
+    rows += [r for r in rows_where(conn, "type = 'rep.terminated'", ()) if r[1] in reps]
     projector = Projector()
     fold_sorted(rows, projector)
-    projector.state.position = _head(conn)[0]
+    projector.state.position = head_position(conn)
     return projector.state
 
 
 def hires(conn: Connection, streams: set[str]) -> list[tuple[Any, ...]]:
-    """The ``rep.hired`` rows of the reps with these streams (``rep:ID``). A rep's hire is the first event
-    of its stream (the reference rules refuse any fact of a rep not hired, and a second hire), so each is
-    one probe of the stream index; a ledger where that does not hold gets every hire, read by type."""
+    """The ``rep.hired`` rows of the reps with these streams (``rep:ID``; none for a rep the ledger does not
+    know). A rep's hire is the first event of its stream (the reference rules refuse any fact of a rep not
+    hired, and a second hire), so each is one probe of the stream index (a stream's versions run from 1,
+    so a stream without a version 1 is empty); a ledger where a stream begins otherwise gets every hire,
+    read by type."""
     rows = stream_rows(conn, streams, "stream_version = 1")
-    if len(rows) != len(streams) or any(r[3] != "rep.hired" for r in rows):
+    if any(r[3] != "rep.hired" for r in rows):
         rows = [r for r in rows_where(conn, "type = 'rep.hired'", ()) if r[1] in streams]
     return rows
 
