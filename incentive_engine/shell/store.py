@@ -652,8 +652,9 @@ def entities_state(conn: Connection, contract_ids: Iterable[str], rep_ids: Itera
     # (not the reps' whole streams, which hold their KPIs, targets and scorecards: the hires one probe
     # each, the terminations, a few, by type)
     reps = {f"rep:{rid}" for rid in rep_ids}
-    rows += hires(conn, reps)
-    rows += [r for r in rows_where(conn, "type = 'rep.terminated'", ()) if r[1] in reps]
+    if reps:
+        rows += hires(conn, reps)
+        rows += [r for r in rows_where(conn, "type = 'rep.terminated'", ()) if r[1] in reps]
     projector = Projector()
     fold_sorted(rows, projector)
     projector.state.position = head_position(conn)
