@@ -34,6 +34,7 @@ from incentive_engine.core.events import (
 )
 from incentive_engine.core.projections import project, state_digest
 from incentive_engine.core.validation import check_batch, entities_read
+from incentive_engine.errors import CycleError
 from incentive_engine.shell import obligations, service, store
 from incentive_engine.shell.store import Ledger
 
@@ -166,6 +167,9 @@ def test_incremental_close_equals_the_full_close(tmp_path_factory, recorded_fact
         ), period
         full = cycle_json(compute_cycle(book, state, period, "closed"))
         assert cycle_json(service.close(ledger, book, period)) == full, period
+        # shown (and closed again) from the derived listing the close wrote
+        assert cycle_json(service.show_cycle(ledger, period)) == full, period
+        assert cycle_json(service.close(ledger, book, period)) == {**full, "status": "already_closed"}, period
     ledger.dispose()
 
 
@@ -501,6 +505,64 @@ def test_showing_a_closed_cycle_by_the_trusted_fold_equals_the_validated_reprodu
         assert shown.evaluations == validated.evaluations, p
         assert cycle_json(service.close(worked, reference_book(), p))["status"] == "already_closed"
     assert any(len(service.stored_cycle(worked, state, p).evaluations) for p in periods)
+
+
+def _no_replay(*args, **kwargs):
+    raise AssertionError("the ledger was replayed")
+
+
+def test_the_last_closed_cycle_is_shown_from_the_listing_its_close_stored(worked, monkeypatch):
+    """`cycle show` of the last closed cycle, and a close run again on it, read the evaluations that close
+    listed (``cycle_listing``) and the projection's stored forfeitures: no replay, no evaluation, and
+    what a recomputation from the ledger prefix gives. An earlier cycle is recomputed."""
+    periods = periods_between("2026-01", "2028-06")
+    expected = {}
+    for p in periods:
+        expected[p] = _close_all(worked, [p])[p]
+        with monkeypatch.context() as m:
+            m.setattr(service, "load_state", _no_replay)
+            m.setattr(service, "current_state", _no_replay)
+            m.setattr(obligations, "evaluate_all", _no_replay)
+            shown = service.show_cycle(worked, p)
+            assert isinstance(shown.evaluations, obligations.Listing)
+            assert cycle_json(shown) == expected[p], p
+            again = service.close(worked, reference_book(), p)
+            assert cycle_json(again) == {**expected[p], "status": "already_closed"}, p
+    assert expected == _replayed(worked, periods)
+    assert sum(len(c["evaluations"]) for c in expected.values()) > sum(len(c["lines"]) for c in expected.values())
+    recomputed = []
+    real = service.stored_cycle
+    monkeypatch.setattr(service, "stored_cycle", lambda *a, **k: recomputed.append(a[2]) or real(*a, **k))
+    assert cycle_json(service.show_cycle(worked, periods[-2])) == expected[periods[-2]]
+    assert recomputed == [periods[-2]]
+    with pytest.raises(CycleError, match="2031-01 is not closed"):
+        service.show_cycle(worked, "2031-01")
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        "DELETE FROM cycle_listing WHERE seq = 0",
+        "DELETE FROM cycle_listing",
+        "UPDATE projection_meta SET cycle_hash = 'x' WHERE name = 'cycle_listing'",
+        "UPDATE projection_meta SET format = 0 WHERE name = 'cycle_listing'",
+        "DELETE FROM projection_meta WHERE name = 'cycle_listing'",
+        "UPDATE projection_meta SET cycle_position = 1 WHERE name = 'obligations'",
+        "DELETE FROM obligation_state WHERE obligation_id IN (SELECT MIN(obligation_id) FROM obligation_state)",
+    ],
+)
+def test_a_listing_that_does_not_match_its_cycle_is_recomputed(worked, tamper, monkeypatch):
+    """Rows or meta rows that do not belong to the cycle (removed, altered, or never written: a ledger
+    upgraded to migration 0006) are not shown: the cycle is recomputed from the ledger prefix."""
+    periods = periods_between("2026-01", "2027-03")
+    closed = _close_all(worked, periods)
+    with worked.engine.begin() as conn:
+        conn.exec_driver_sql(tamper)
+    recomputed = []
+    real = service.stored_cycle
+    monkeypatch.setattr(service, "stored_cycle", lambda *a, **k: recomputed.append(a[2]) or real(*a, **k))
+    assert cycle_json(service.show_cycle(worked, periods[-1])) == closed[periods[-1]]
+    assert recomputed == [periods[-1]]
 
 
 def test_listing_merges_stored_forfeitures_in_order_and_decodes_them_only_when_read(monkeypatch):

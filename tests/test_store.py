@@ -183,7 +183,7 @@ def test_migrations_are_found_without_an_ini_file() -> None:
     cfg = store.alembic_config()
     assert (store.migrations_dir() / "versions" / "0001_ledger.py").is_file()
     assert cfg.get_main_option("script_location") == str(store.migrations_dir())
-    assert store.head_revision() == "0005"
+    assert store.head_revision() == "0006"
 
 
 def test_a_ledger_at_0003_upgrades_to_the_effective_content_index(ledger: Ledger) -> None:

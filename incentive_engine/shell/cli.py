@@ -173,8 +173,7 @@ def cycle_show(ctx: typer.Context, period: str, fmt: FormatOpt = Format.table) -
     """What a closed cycle issued."""
     s = _settings(ctx)
     s.ledger.check_schema()
-    state = service.load_state(s.ledger)
-    render.cycle_output(service.stored_cycle(s.ledger, state, period), fmt.value)
+    render.cycle_output(service.show_cycle(s.ledger, period), fmt.value)
 
 
 @audit_app.command("verify")

@@ -12,12 +12,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.engine import Connection
+
 from ..core.canonical import canonical_json, content_hash
 from ..core.cycles import CycleResult, compute_cycle, cycle_event, lines_from_json, totals_from_json
 from ..core.dates import parse_period, period_end
 from ..core.events import Event, PlanRegistered, to_payload
 from ..core.plan import PlanBook
-from ..core.projections import LedgerState, Projector, Recorded, project
+from ..core.projections import ClosedCycle, LedgerState, Projector, Recorded, project
 from ..core.reading import read_events
 from ..core.validation import check_batch, entities_read
 from ..errors import CycleError, InputError, Problem
@@ -288,6 +290,11 @@ def close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
 
 def _close(ledger: Ledger, book: PlanBook, period: str) -> CycleResult:
     with ledger.writer() as w:
+        closed = closed_cycle(w.conn, period)
+        if closed is not None:  # a no-op that shows the cycle: from the derived rows when they are its
+            shown = obligations.stored_listing(w.conn, closed, "already_closed")
+            if shown is not None:
+                return shown
         prepared = obligations.incremental(w.conn, book, period, "closed")
         if prepared is None:
             state = current_state(ledger, w)
@@ -354,6 +361,27 @@ def gc_paused() -> Iterator[None]:
     finally:
         if was:
             gc.enable()
+
+
+def closed_cycle(conn: Connection, period: str) -> ClosedCycle | None:
+    """The ``cycle.closed`` event of ``period`` as projected, read by its stream; None if not closed."""
+    projector = Projector()
+    fold_sorted(stream_rows(conn, [f"cycle:{period}"], "type = 'cycle.closed'"), projector)
+    return projector.state.cycles.get(period)
+
+
+def show_cycle(ledger: Ledger, period: str) -> CycleResult:
+    """What a closed cycle issued (``stored_cycle``). The last closed cycle's listing is read from the
+    derived rows its close wrote (``obligations.stored_listing``), in one snapshot; any other cycle's is
+    recomputed from the ledger prefix it saw (at M: 49-54 s and 2.8 GB, against about 2 s and 0.4 GB)."""
+    with ledger.snapshot() as conn:
+        closed = closed_cycle(conn, check_period(period))
+        if closed is None:
+            raise CycleError(f"{period} is not closed")
+        shown = obligations.stored_listing(conn, closed, "closed")
+    if shown is not None:
+        return shown
+    return stored_cycle(ledger, load_state(ledger), period)
 
 
 def stored_cycle(ledger: Ledger, state: LedgerState, period: str, status: str = "closed") -> CycleResult:

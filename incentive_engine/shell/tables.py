@@ -84,6 +84,7 @@ ledger_event = LedgerEvent.__table__  # the Core Table, for statements
 
 META_TABLE = "projection_meta"
 OBLIGATION_TABLE = "obligation_state"
+LISTING_TABLE = "cycle_listing"
 
 
 class ProjectionMeta(SQLModel, table=True):
@@ -132,3 +133,19 @@ class ObligationState(SQLModel, table=True):
     paid: str = Field(sa_column=Column("paid", Text, nullable=False))
     lines: int = Field(sa_column=Column("lines", Integer, nullable=False))
     evaluation: str | None = Field(default=None, sa_column=Column("evaluation", Text, nullable=True))
+
+
+class CycleListing(SQLModel, table=True):
+    """The earned evaluations the last closed cycle listed (migration 0006): paid before that cycle
+    (decimal text) and the evaluation as listed (JSON). With the obligation projection's held and
+    forfeited rows they are its whole listing; ``projection_meta`` names the cycle (row ``cycle_listing``)."""
+
+    __tablename__ = LISTING_TABLE  # type: ignore[assignment]
+
+    # the row's place in the listing: the rowid on SQLite, so that rows go in without a second index
+    seq: int = Field(sa_column=Column("seq", Integer, primary_key=True, autoincrement=False))
+    obligation_id: str = Field(sa_column=Column("obligation_id", Text, nullable=False))
+    contract_id: str | None = Field(default=None, sa_column=Column("contract_id", Text, nullable=True))
+    payee: str = Field(sa_column=Column("payee", Text, nullable=False))
+    paid: str = Field(sa_column=Column("paid", Text, nullable=False))
+    evaluation: str = Field(sa_column=Column("evaluation", Text, nullable=False))
