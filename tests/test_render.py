@@ -44,8 +44,10 @@ def test_strings_are_escaped_as_json_dumps_escapes_them():
     assert json.loads(pretty_json({text: text})) == {text: text}
 
 
-# printable cells (no control characters, no zero-width or combining marks that rich measures apart)
-_cells = st.text(st.characters(categories=("L", "N", "P", "S", "Zs"), exclude_characters="\u3000"), max_size=12)
+# printable cells: no control characters, no zero-width or combining marks that rich measures apart, and
+# no spaces but the plain one and none at either end (rich prints a no-break space as a plain one and
+# drops a right-aligned cell's trailing spaces; the engine's cells have none)
+_cells = st.text(st.characters(categories=("L", "N", "P", "S"), include_characters=" "), max_size=12).map(str.strip)
 
 
 @given(

@@ -148,7 +148,11 @@ def _width(cell: str) -> int:
 
 def plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], right: Collection[int]) -> str:
     """The table as text, in rich's default box (``box.HEAVY_HEAD``), with the title centred above it."""
-    widths = [max([_width(c), *(_width(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    # ASCII text (ids, amounts, reasons: the usual case) is padded by str.format in C, one call a row;
+    # other text is measured in terminal cells as rich measures it (a CJK character takes two)
+    narrow = "".join(columns).isascii() and all("".join(r).isascii() for r in rows)
+    measure = len if narrow else _width
+    widths = [max(map(measure, column)) for column in zip(columns, *rows, strict=True)]
 
     def row(cells: tuple[str, ...], bar: str) -> str:
         padded = [
@@ -160,13 +164,19 @@ def plain_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]
     def rule(left: str, fill: str, cross: str, end: str) -> str:
         return left + cross.join(fill * (w + 2) for w in widths) + end
 
+    if narrow:
+        cells = " │ ".join(f"{{:{'>' if i in right else '<'}{w}}}" for i, w in enumerate(widths))
+        body = ("│ " + cells + " │").format
+        lines = [body(*r) for r in rows]
+    else:
+        lines = [row(r, "│") for r in rows]
     total = sum(widths) + 3 * len(widths) + 1
     text = [
         title.center(total).rstrip(),
         rule("┏", "━", "┳", "┓"),
         row(columns, "┃"),
         rule("┡", "━", "╇", "┩"),
-        *(row(r, "│") for r in rows),
+        *lines,
         rule("└", "─", "┴", "┘"),
     ]
     return "\n".join(text) + "\n"
