@@ -35,7 +35,7 @@ from incentive_engine.core.events import (
 from incentive_engine.core.projections import project, state_digest
 from incentive_engine.core.validation import check_batch, entities_read
 from incentive_engine.errors import CycleError
-from incentive_engine.shell import obligations, service, store
+from incentive_engine.shell import obligations, render, service, store
 from incentive_engine.shell.store import Ledger
 
 from .ledgers import WORKED, reference_book
@@ -526,6 +526,7 @@ def test_the_last_closed_cycle_is_shown_from_the_listing_its_close_stored(worked
             shown = service.show_cycle(worked, p)
             assert isinstance(shown.evaluations, obligations.Listing)
             assert cycle_json(shown) == expected[p], p
+            assert render.cycle_json_text(shown) == json.dumps(expected[p], indent=2, ensure_ascii=False), p
             again = service.close(worked, reference_book(), p)
             assert cycle_json(again) == {**expected[p], "status": "already_closed"}, p
     assert expected == _replayed(worked, periods)
@@ -602,7 +603,10 @@ def test_a_close_counts_the_unchanged_forfeitures_and_reads_them_only_when_its_l
     assert reads == [] and isinstance(result.evaluations, obligations.Listing)
     forfeited = sum(1 for ev, _ in result.evaluations if ev.status == "forfeited")
     assert len(reads) == 1 and forfeited > 1
-    assert cycle_json(result) == _replayed(worked, periods[-1:])[periods[-1]]
+    expected = _replayed(worked, periods[-1:])[periods[-1]]
+    assert cycle_json(result) == expected
+    # the CLI's JSON text: the evaluated ones and the stored rows, each as json.dumps writes them
+    assert render.cycle_json_text(result) == json.dumps(expected, indent=2, ensure_ascii=False)
 
 
 def test_a_listing_read_after_a_later_close_is_recomputed_from_the_ledger(worked, monkeypatch):

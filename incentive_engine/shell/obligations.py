@@ -149,15 +149,33 @@ def _text(value: str, currency: str) -> str:
     return out
 
 
-def stored_evaluation_json(text_: str, paid: str) -> dict[str, Any]:
-    """``evaluation_json(evaluation_from_json(text_), Decimal(paid))`` without building the evaluation: the
-    CLI's JSON output of a cycle renders every stored forfeiture (a test checks they are equal)."""
+# the keys of ``core.cycles.evaluation_json``, in its order
+EVALUATION_KEYS = (
+    "rep_id",
+    "contract_id",
+    "obligation",
+    "due",
+    "status",
+    "earned",
+    "paid_to_date",
+    "factors",
+    "reason",
+)
+
+
+def stored_evaluation_values(text_: str, paid: str) -> tuple[Any, ...]:
+    """The values of ``evaluation_json(evaluation_from_json(text_), Decimal(paid))``, in the order of
+    ``EVALUATION_KEYS``, without building the evaluation: the CLI prints every stored forfeiture."""
     oid, _, cid, rep, cur, due, _, _, _, _, status, earned, reason, _, factors, _, _ = _scan(text_, 0)[0]
-    return {
-        "rep_id": rep, "contract_id": cid, "obligation": oid, "due": due, "status": status,
-        "earned": _text(earned, cur), "paid_to_date": _text(paid, cur),
-        "factors": {k: _text(v, "") for k, v in factors} if factors else {}, "reason": reason,
-    }  # fmt: skip
+    return (
+        rep, cid, oid, due, status, _text(earned, cur), _text(paid, cur),
+        {k: _text(v, "") for k, v in factors} if factors else {}, reason,
+    )  # fmt: skip
+
+
+def stored_evaluation_json(text_: str, paid: str) -> dict[str, Any]:
+    """``evaluation_json(evaluation_from_json(text_), Decimal(paid))`` (a test checks they are equal)."""
+    return dict(zip(EVALUATION_KEYS, stored_evaluation_values(text_, paid), strict=True))
 
 
 # the stored forfeitures of the projection's cycle as (payee, contract or "", obligation, evaluation, paid):
@@ -235,6 +253,15 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
 
     def __iter__(self) -> Iterator[tuple[Evaluation, Decimal]]:
         return (self._decoded(i) for i in self._all())
+
+    def items(self) -> list[tuple[Any, ...]]:
+        """Each (evaluation, paid) pair or stored row (``is_stored``), in order, undecoded."""
+        return self._all()
+
+    @staticmethod
+    def is_stored(item: tuple[Any, ...]) -> bool:
+        """A stored row: (payee, contract or "", obligation, evaluation text, paid text)."""
+        return isinstance(item[0], str)
 
     def json_rows(self) -> Iterator[dict[str, Any]]:
         """``evaluation_json`` of each, in order; the stored ones rendered from their text."""
