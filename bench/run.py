@@ -242,6 +242,9 @@ def run_one(
                 p.unlink()
     engine_close = sorted(runs, key=lambda r: r["seconds"])[len(runs) // 2]  # the median run
     cli_close_s, cli_close_rss = cli(url, "cycle", "close", dec, "--format", "json")
+    # the month just closed, shown as a user shows it (the JSON contract, and the table for people)
+    show_json_s, show_json_rss = cli(url, "cycle", "show", dec, "--format", "json")
+    show_table_s, show_table_rss = cli(url, "cycle", "show", dec)
     say("    verify, replay (apart, then together)")
     verified = phase("verify", url)
     replayed = phase("replay", url)
@@ -264,6 +267,10 @@ def run_one(
         "close_lines": engine_close["lines"],
         "close_cli_s": round(cli_close_s, 3),
         "close_cli_rss_mb": round(cli_close_rss, 1),
+        "show_json_s": round(show_json_s, 3),
+        "show_json_rss_mb": round(show_json_rss, 1),
+        "show_table_s": round(show_table_s, 3),
+        "show_table_rss_mb": round(show_table_rss, 1),
         "verify_eps": verified["eps"],
         "verify_rss_mb": verified["rss_mb"],
         "replay_eps": replayed["eps"],
@@ -371,6 +378,13 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"{r['size']:<4} {r['db']:<9} `incentive ingest` of the last month's file ({r['ingest_cli_events']:,} "
                 f"events), fresh process: {r['ingest_cli_s']:.2f} s, peak RSS {r['ingest_cli_rss_mb']:.0f} MB"
+            )
+    for r in rows:
+        if "show_json_s" in r:
+            lines.append(
+                f"{r['size']:<4} {r['db']:<9} `incentive cycle show` of the month closed by the CLI, fresh process: "
+                f"--format json {r['show_json_s']:.2f} s ({r['show_json_rss_mb']:.0f} MB), "
+                f"table {r['show_table_s']:.2f} s ({r['show_table_rss_mb']:.0f} MB)"
             )
     peers = [r for r in rows if "peer_append_eps" in r]
     if peers:
