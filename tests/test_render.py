@@ -85,3 +85,28 @@ def test_a_cycle_too_big_for_rich_is_printed_whole_as_text(monkeypatch):
     assert printed[10] == printed[1_000]  # the same text either way, here where rich does not wrap
     assert len(printed[10]) == 1 + (4 + 40 + 1) + (4 + 7 + 1)
     assert "│ R6  │ C13      │ C13/upfront │ payment │   3.25 │ CNY      │ earned │" in printed[10]
+
+
+def test_scorecards_print_the_same_text_as_a_rich_table_or_as_text(monkeypatch):
+    from types import SimpleNamespace as NS
+
+    def kpi(name, value):
+        return NS(
+            name=name, value=None if value is None else Decimal(value), score=Decimal("1.1"), weight=Decimal("0.5")
+        )
+
+    cards = [
+        NS(rep_id=f"R{i}", role="rep", kpis=[kpi("revenue_attainment", "0.95"), kpi("csat", None if i % 3 else "4.2")],
+           composite=None if i == 4 else Decimal("101.5") + i, vetoed=i == 2, warnings=["big customer"] if i == 1 else [])
+        for i in range(6)
+    ]  # fmt: skip
+    printed = {}
+    for limit in (3, 1_000):
+        buf = io.StringIO()
+        monkeypatch.setattr(render, "out", Console(file=buf, width=1_000, color_system=None))
+        monkeypatch.setattr(render, "RICH_ROWS", limit)
+        render.scorecard_table(cards, 2029)
+        printed[limit] = [line.rstrip() for line in buf.getvalue().splitlines()]
+    assert printed[3] == printed[1_000]
+    assert "│ R2     │ rep  │   0.95 -> 1.1, 0.5 │               - │ 103.50 VETO │" in printed[3]
+    assert printed[3][-1] == "warning - R1: big customer"

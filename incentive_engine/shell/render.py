@@ -128,12 +128,19 @@ def cycle_table(result: CycleResult) -> None:
 RICH_ROWS = 1_000
 
 
-def table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]], right: Collection[int] = ()) -> None:
-    """A titled table of text cells (``right``: the columns aligned right)."""
+def table(
+    title: str,
+    columns: tuple[str, ...],
+    rows: list[tuple[str, ...]],
+    right: Collection[int] = (),
+    no_wrap: Collection[int] = (),
+) -> None:
+    """A titled table of text cells (``right``: the columns aligned right; ``no_wrap``: the columns rich
+    does not wrap in a narrow terminal; the text table wraps none)."""
     if len(rows) <= RICH_ROWS:
         t = Table(title=title)
         for i, c in enumerate(columns):
-            t.add_column(c, justify="right" if i in right else "left")
+            t.add_column(c, justify="right" if i in right else "left", no_wrap=i in no_wrap)
         for r in rows:
             t.add_row(*(Text(c) for c in r))
         out.print(t)
@@ -264,12 +271,7 @@ def scorecard_table(cards: list, year: int) -> None:  # list[RepScorecard]
         for k in c.kpis:
             if k.name not in names:
                 names.append(k.name)
-    t = Table(title=f"Scorecards {year} (each KPI: value -> score, weight)")
-    t.add_column("person", no_wrap=True)
-    t.add_column("role", no_wrap=True)
-    for n in names:
-        t.add_column(n.replace("_", " "), justify="right")
-    t.add_column("composite", justify="right", no_wrap=True)
+    rows: list[tuple[str, ...]] = []
     notes: list[str] = []
     for c in cards:
         cells = []
@@ -281,9 +283,12 @@ def scorecard_table(cards: list, year: int) -> None:  # list[RepScorecard]
             else:
                 cells.append(f"{_short(k.value)} -> {_short(k.score)}, {_short(k.weight)}")
         composite = "-" if c.composite is None else f"{c.composite:.2f}"
-        t.add_row(c.rep_id, c.role, *cells, composite + (" VETO" if c.vetoed else ""))
+        rows.append((c.rep_id, c.role, *cells, composite + (" VETO" if c.vetoed else "")))
         notes += [f"{c.rep_id}: {w}" for w in c.warnings]
-    out.print(t)
+    columns = ("person", "role", *(n.replace("_", " ") for n in names), "composite")
+    # (a scorecard per person: 11,000 rows at M, a table rich would take seconds to lay out)
+    title = f"Scorecards {year} (each KPI: value -> score, weight)"
+    table(title, columns, rows, right=range(2, len(columns)), no_wrap={0, 1, len(columns) - 1})
     for n in notes:
         out.print(f"warning - {n}", highlight=False, markup=False)
 
