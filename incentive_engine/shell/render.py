@@ -203,8 +203,8 @@ def _cycle_output(result: CycleResult, fmt: str) -> None:
 
 
 def cycle_json_text(result: CycleResult) -> str:
-    """``pretty_json(cycle_json(result))``, the same text; a listing's stored rows (at M, 160,000 of its
-    170,000 evaluations) are formatted straight from their values, not built as dicts and walked."""
+    """``pretty_json(cycle_json(result))``, the same text; a listing's stored rows (at M, 143,602 of the
+    170,746 evaluations of a month) are formatted straight from their values, not built as dicts and walked."""
     listing = result.evaluations
     if not isinstance(listing, Listing):
         return pretty_json(cycle_json(result))
