@@ -540,6 +540,30 @@ def test_the_last_closed_cycle_is_shown_from_the_listing_its_close_stored(worked
         service.show_cycle(worked, "2031-01")
 
 
+def test_a_show_whose_snapshot_began_before_a_close_gets_its_cycle_or_recomputes_it(worked):
+    """A show reads the listing in a snapshot; a close that commits meanwhile replaces the rows. SQLite's
+    snapshot still sees the old rows, which are that cycle's; PostgreSQL's TRUNCATE is not MVCC-safe, so
+    the old snapshot finds the table empty, and the row count check must refuse it (the caller then
+    recomputes the cycle)."""
+    closed: dict[str, dict] = {}
+    for p in periods_between("2026-01", "2028-12"):  # up to a month that paid earned lines
+        closed |= _close_all(worked, [p])
+        if any(e["status"] == "earned" for e in closed[p]["evaluations"]):
+            break
+    assert any(e["status"] == "earned" for e in closed[p]["evaluations"])
+    following = periods_between(p, "2029-12")[1]
+    with worked.snapshot() as conn:
+        cycle = service.closed_cycle(conn, p)  # the snapshot begins with this read
+        assert cycle is not None
+        _close_all(worked, [following])  # another connection: commits while the snapshot is open
+        shown = obligations.stored_listing(conn, cycle, "closed")
+        if worked.dialect == "postgresql":
+            assert shown is None
+        else:
+            assert shown is not None and cycle_json(shown) == closed[p]
+    assert cycle_json(service.show_cycle(worked, p)) == closed[p]  # recomputed
+
+
 @pytest.mark.parametrize(
     "tamper",
     [
