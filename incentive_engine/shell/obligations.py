@@ -178,14 +178,28 @@ def stored_evaluation_json(text_: str, paid: str) -> dict[str, Any]:
     return dict(zip(EVALUATION_KEYS, stored_evaluation_values(text_, paid), strict=True))
 
 
-# the stored forfeitures of the projection's cycle as (payee, contract or "", obligation, evaluation, paid):
-# the first three are their place in the listing (``_order``). One statement, so that the meta row's check
-# and the rows come from one snapshot: no rows at all when the projection is at another cycle.
+# the projection's listed rows (forfeited, or held) of its cycle as (payee, contract or "", obligation,
+# evaluation, paid): the first three are their place in the listing (``_order``). One statement, so that the
+# meta row's check and the rows come from one snapshot: no rows at all when the projection is at another cycle.
 _STORED = (
     f"SELECT payee, COALESCE(contract_id, ''), obligation_id, evaluation, paid FROM {OBLIGATION_TABLE} "
-    f"WHERE status = 'forfeited' AND evaluation IS NOT NULL "
+    f"WHERE status IN ({{statuses}}) AND evaluation IS NOT NULL "
     f"AND (SELECT cycle_position FROM {META_TABLE} WHERE name = '{META_NAME}') = {{mark}}"
 )
+
+
+def _stored_rows(conn: Connection, cycle_position: int, statuses: str) -> list[tuple[Any, ...]]:
+    """The projection's rows of these statuses (``'forfeited'``, ``'held', 'forfeited'``) that carry an
+    evaluation, as (payee, contract or "", obligation, evaluation, paid), if it stands at that cycle."""
+    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
+    return driver_rows(conn, _STORED.format(statuses=statuses, mark=mark), (cycle_position,))
+
+
+def _rows_intact(conn: Connection, meta: tuple[Any, ...]) -> bool:
+    """The projection holds as many rows as its meta row says (none removed or added behind the engine's back)."""
+    return bool(conn.execute(text(f"SELECT COUNT(*) FROM {OBLIGATION_TABLE}")).scalar_one() == meta[5])
+
+
 _stored_key = itemgetter(0, 1, 2)
 
 
@@ -285,19 +299,13 @@ class Listing(Sequence[tuple[Evaluation, Decimal]]):
 def stored_forfeitures(conn: Connection, cycle_position: int, fresh: set[str]) -> list[tuple[Any, ...]]:
     """The forfeitures the projection holds for the cycle recorded at ``cycle_position`` but those in
     ``fresh`` (evaluated by that cycle, so listed already); none if the projection is at another cycle."""
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    return [r for r in driver_rows(conn, _STORED.format(mark=mark), (cycle_position,)) if r[2] not in fresh]
+    return [r for r in _stored_rows(conn, cycle_position, "'forfeited'") if r[2] not in fresh]
 
 
 # a cycle's listing as rows (payee, contract or "", obligation, evaluation, paid before the cycle): the
 # earned ones it listed, then the projection's held and forfeited ones (paid after the cycle, corrected by
 # the caller), the latter only while the meta row stands at that cycle (one statement, one snapshot)
 _LISTED = f"SELECT payee, COALESCE(contract_id, ''), obligation_id, evaluation, paid FROM {LISTING_TABLE}"
-_NOT_EARNED = (
-    f"SELECT payee, COALESCE(contract_id, ''), obligation_id, evaluation, paid FROM {OBLIGATION_TABLE} "
-    f"WHERE status IN ('held', 'forfeited') AND evaluation IS NOT NULL "
-    f"AND (SELECT cycle_position FROM {META_TABLE} WHERE name = '{META_NAME}') = {{mark}}"
-)
 
 
 def stored_listing(conn: Connection, cycle: ClosedCycle, status: str) -> CycleResult | None:
@@ -321,15 +329,14 @@ def stored_listing(conn: Connection, cycle: ClosedCycle, status: str) -> CycleRe
         return None
     if meta[:4] != (FORMAT, cycle.period, cycle.position, cycle_hash):
         return None
-    if conn.execute(text(f"SELECT COUNT(*) FROM {OBLIGATION_TABLE}")).scalar_one() != meta[5]:
-        return None  # rows were removed or added behind the engine's back
+    if not _rows_intact(conn, meta):
+        return None
     rows = driver_rows(conn, _LISTED, ())
     if len(rows) != listing[4]:
         return None
     lines = lines_from_json(cycle.lines)
     issued = {x.obligation: x.amount for x in lines}
-    mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
-    for r in driver_rows(conn, _NOT_EARNED.format(mark=mark), (cycle.position,)):
+    for r in _stored_rows(conn, cycle.position, "'held', 'forfeited'"):
         amount = issued.get(r[2])
         rows.append(r if amount is None else (*r[:4], str(Decimal(r[4]) - amount)))
     rows.sort(key=_stored_key)
@@ -427,8 +434,8 @@ def incremental(conn: Connection, book: PlanBook, period: str, status: str) -> P
         return None
     if meta[:5] != (FORMAT, last.period, last.position, last.hash, book_key(book)):
         return None  # built at another cycle (or its row no longer carries that hash), or with other plans
-    if conn.execute(text(f"SELECT COUNT(*) FROM {OBLIGATION_TABLE}")).scalar_one() != meta[5]:
-        return None  # rows were removed or added behind the engine's back
+    if not _rows_intact(conn, meta):
+        return None
     if period <= last.period:
         return None
     head = head_position(conn)

@@ -159,8 +159,7 @@ def payroll_state(ledger: Ledger, period: str) -> LedgerState:
     hires (names) of the reps its totals pay, read by stream in one snapshot; not a replay of the ledger."""
     projector = Projector()
     with ledger.snapshot() as conn:
-        fold_sorted(stream_rows(conn, [f"cycle:{check_period(period)}"], "type = 'cycle.closed'"), projector)
-        cycle = projector.state.cycles.get(period)
+        cycle = closed_cycle(conn, check_period(period), projector)
         if cycle is not None:
             fold_sorted(hires(conn, {f"rep:{t['rep_id']}" for t in cycle.totals}), projector)
     return projector.state
@@ -363,9 +362,10 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def closed_cycle(conn: Connection, period: str) -> ClosedCycle | None:
-    """The ``cycle.closed`` event of ``period`` as projected, read by its stream; None if not closed."""
-    projector = Projector()
+def closed_cycle(conn: Connection, period: str, projector: Projector | None = None) -> ClosedCycle | None:
+    """The ``cycle.closed`` event of ``period`` as projected (into ``projector``, if given), read by its
+    stream; None if not closed."""
+    projector = Projector() if projector is None else projector
     fold_sorted(stream_rows(conn, [f"cycle:{period}"], "type = 'cycle.closed'"), projector)
     return projector.state.cycles.get(period)
 
