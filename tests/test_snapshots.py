@@ -817,3 +817,35 @@ def test_a_leavers_hire_is_found_even_where_it_is_not_the_first_event_of_its_str
         with patch.object(store, "rows_where", wraps=store.rows_where) as reads:  # R9: no events at all
             assert [r[1] for r in store.hires(conn, {"rep:R1", "rep:R9"})] == ["rep:R1"]
         assert all("rep.hired" not in call.args[1] for call in reads.call_args_list)  # no read of every hire
+
+
+def test_a_late_reassignment_moves_the_rows_a_later_termination_is_looked_up_by(tmp_path):
+    """Found by the property test: a renewal paid to R2, then a late reassignment to R4 (the renewal's
+    payee from then on, its amounts unchanged), then R4's late termination as a bad leaver, which
+    forfeits R4's renewals. The close looks obligations up by payee and seller in the projection, so the
+    reassignment must rewrite those columns even though nothing was paid differently."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    ledger.init()
+    service.forget_projections()
+    book = reference_book()
+    months = {
+        "2028-03": [
+            {"type": "rep.hired", "effective": "2025-06-01", "rep_id": r, "name": r, "role": "rep"} for r in ("R2", "R4")
+        ] + [
+            {"type": "contract.signed", "effective": "2026-03-10", "contract_id": "C1", "account_id": "A",
+             "rep_id": "R2", "acv": "276175", "currency": "CNY", "term_months": 12},
+            {"type": "contract.renewed", "effective": "2027-03-10", "contract_id": "C1", "acv": "86165",
+             "term_months": 12},
+            {"type": "contract.renewed", "effective": "2028-03-09", "contract_id": "C1", "acv": "302019",
+             "term_months": 12},
+        ],
+        "2028-06": [{"type": "contract.reassigned", "effective": "2027-04-30", "contract_id": "C1", "rep_id": "R4"}],
+        "2028-09": [{"type": "rep.terminated", "effective": "2026-12-01", "rep_id": "R4", "leaver": "bad"}],
+    }  # fmt: skip
+    got = {}
+    for period, batch in months.items():
+        _ingest(ledger, batch)
+        got[period] = cycle_json(service.close(ledger, book, period))
+    assert got == _replayed(ledger, list(got))
+    assert any(x["kind"] == "clawback" and x["rep_id"] == "R4" for x in got["2028-09"]["lines"])
+    ledger.dispose()

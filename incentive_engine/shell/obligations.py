@@ -78,7 +78,7 @@ from .store import (
 )
 from .tables import LISTING_TABLE, META_TABLE, OBLIGATION_TABLE, RESOLD
 
-FORMAT = 1  # bump when the rows' meaning changes: older projections are then rebuilt
+FORMAT = 2  # bump when the rows' meaning changes: older projections are then rebuilt (2: payee and seller kept current)
 META_NAME = "obligations"
 # the meta row of the last closed cycle's listing (``cycle_listing``, migration 0006) and its format
 LISTING_NAME = "cycle_listing"
@@ -406,6 +406,11 @@ class _Row:
     lines: int
     status: str
     evaluation: str | None
+    # the columns the close looks obligations up by (``_lookup``): a row whose payee or seller changed
+    # (a late reassignment) is written even when its amounts did not, or a later fact about the new rep
+    # would not find it
+    payee: str | None = None
+    seller: str | None = None
 
 
 # --- the close ----------------------------------------------------------------------------------------
@@ -471,11 +476,11 @@ def incremental(conn: Connection, book: PlanBook, period: str, status: str) -> P
     evaluated = evaluate_all(book, state, as_of, work.selects_due)
 
     rows: dict[str, _Row] = {}
-    for oid, paid, lines, st, ev in _in(
-        conn, f"SELECT obligation_id, paid, lines, status, evaluation FROM {OBLIGATION_TABLE} "
+    for oid, paid, lines, st, ev, payee, seller in _in(
+        conn, f"SELECT obligation_id, paid, lines, status, evaluation, payee, seller FROM {OBLIGATION_TABLE} "
         "WHERE obligation_id IN :ids", "ids", [e.obligation.obligation_id for e in evaluated],
     ):  # fmt: skip
-        rows[oid] = _Row(Decimal(paid), int(lines), st, ev)
+        rows[oid] = _Row(Decimal(paid), int(lines), st, ev, payee, seller)
 
     # Unchanged forfeited obligations are listed again, as they were (held ones were evaluated above); there
     # is one per forfeiture ever made. Each earns nothing and was trued up to zero by the cycle that
@@ -549,14 +554,15 @@ def record(w: Writer, book: PlanBook, plan: Prepared) -> int:
         evaluation = None if ev.status == "earned" else evaluation_to_json(ev)
         if ev.status == "forfeited" and paid:  # pragma: no cover - cycle_from issues the clawback to zero
             raise RuntimeError(f"{ob.obligation_id} is forfeited with {paid} paid to date after {plan.result.period}")
+        seller = plan.sellers.get(ob.contract_id, ob.rep_id) if ob.kind != "manual" else ob.rep_id
         if (
             not plan.full
             and old is not None
-            and (old.paid, old.lines, old.status, old.evaluation) == (paid, lines, ev.status, evaluation)
+            and (old.paid, old.lines, old.status, old.evaluation, old.payee, old.seller)
+            == (paid, lines, ev.status, evaluation, ob.rep_id, seller)
         ):
             continue  # unchanged: no write
         count += old is None or plan.full
-        seller = plan.sellers.get(ob.contract_id, ob.rep_id) if ob.kind != "manual" else ob.rep_id
         changed.append(
             (ob.obligation_id, ob.contract_id, ob.kind, seller, ob.rep_id, ob.due.isoformat(), ev.status,
              str(paid), lines, evaluation)
