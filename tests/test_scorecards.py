@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal as D
 from pathlib import Path
@@ -15,12 +16,16 @@ from hypothesis import strategies as st
 from incentive_engine.core.events import FACT_ADAPTER, stream_of
 from incentive_engine.core.projections import LedgerState, Projector, Recorded
 from incentive_engine.core.scorecards import (
+    DERIVED_KPIS,
     REFERENCE_SCORECARDS_YAML,
     KpiSpec,
     RepScorecard,
     ScorecardsSpec,
+    _book,
+    _make_scope,
     composite_of,
     compute_scorecards,
+    concentration,
     kpi_values,
     load_scorecards_yaml,
     parse_scorecards,
@@ -810,3 +815,28 @@ def test_director_team_target_never_double_counts() -> None:
         target("R2", 2026, "100.00", ccy="USD"),
     )
     assert value_of(s2, "revenue_attainment", rep="M1", role="manager") is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(ledgers(), st.integers(1, 3))
+def test_each_scope_reads_every_contract_its_kpis_can_count(
+    built: tuple[list[dict[str, Any]], list[list[dict[str, Any]]]], managers: int
+) -> None:
+    """A scope reads only the contracts its members sold or were ever assigned (``_book``): its KPIs,
+    concentration included, equal the same KPIs over every contract of the ledger, for every holder of
+    every role (a manager's team, a director's whole organisation) and year."""
+    hires, chains = built
+    staff = [hire("D0", "director"), *(hire(f"M{m}", "manager", "D0") for m in range(managers))]
+    for i, h in enumerate(hires):
+        h["manager_id"] = f"M{i % managers}"
+    state = ledger(*staff, *hires, *(e for chain in chains for e in chain))
+    everything = tuple(sorted(state.contracts.values(), key=lambda c: c.contract_id))
+    for year in (2025, 2026, 2027):
+        book = _book(state, year)
+        for person in state.reps.values():
+            scope = _make_scope(state, person.rep_id, person.role, year, book)
+            wide = replace(scope, contracts=everything)
+            assert {c.contract_id for c in scope.contracts} <= {c.contract_id for c in everything}
+            for name, kpi in DERIVED_KPIS.items():
+                assert kpi(scope) == kpi(wide), (person.rep_id, year, name)
+            assert concentration(scope) == concentration(wide)

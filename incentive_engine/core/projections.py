@@ -277,9 +277,6 @@ class LedgerState:
             index = self._veto_index = (len(self.violations), by_contract, by_rep)
         return index[1], index[2]
 
-    def violations_of(self, rep_id: str) -> list[Violation]:
-        return [v for v in self.violations if v.rep_id == rep_id]
-
     def contracts_by_seller(self) -> dict[str, list[Contract]]:
         out: dict[str, list[Contract]] = {}
         for c in self.contracts.values():
