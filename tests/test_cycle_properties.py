@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import date, timedelta
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -14,6 +16,7 @@ from incentive_engine.core.dates import periods_between
 from incentive_engine.core.evaluation import commission_parts
 from incentive_engine.core.money import CURRENCY_EXPONENTS
 from incentive_engine.core.projections import Contract, project
+from incentive_engine.core.statements import build_statement, issued_through
 
 from .ledgers import REFERENCE_PLAN, Sim, parse_plan
 
@@ -227,3 +230,28 @@ def test_closing_again_never_pays_twice(lines):
         sim.close(p)
     # everything due is settled: a further cycle with no new facts issues nothing
     assert sim.close("2031-07")["lines"] == []
+
+
+@PROPS
+@given(ledgers(), st.sampled_from(PERIODS[6::9]))
+def test_each_statement_reads_every_contract_its_rep_is_paid_for(lines, through):
+    """A statement evaluates only the contracts its rep sold or was ever assigned (``Issued.contracts``):
+    every rep's statement equals the one built with every contract of the ledger read for every rep."""
+    sim = _sim(lines)
+    for p in PERIODS[2::3]:
+        if p <= through:
+            sim.close(p)
+    issued = issued_through(sim.state, through)
+    wide = replace(issued, contracts={r: list(sim.state.contracts.values()) for r in sim.state.reps})
+    for rep in sorted(sim.state.reps):
+        statement = build_statement(sim.book, sim.state, rep, through, issued)
+        assert statement == build_statement(sim.book, sim.state, rep, through, wide)
+        assert statement == build_statement(sim.book, sim.state, rep, through)
+
+
+def test_a_statement_refuses_lines_issued_through_another_period():
+    hired = {"type": "rep.hired", "effective": "2025-01-01", "rep_id": "R1", "name": "R1", "role": "rep"}
+    sim = _sim([json.dumps(hired)])
+    sim.close("2026-06")
+    with pytest.raises(ValueError, match="through 2026-06, the statement through 2026-07"):
+        build_statement(sim.book, sim.state, "R1", "2026-07", issued_through(sim.state, "2026-06"))

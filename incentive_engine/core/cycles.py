@@ -21,7 +21,7 @@ from .evaluation import Evaluation, evaluate_all
 from .events import CycleClosed
 from .money import ZERO, format_factor, format_money
 from .plan import PlanBook
-from .projections import LedgerState
+from .projections import ClosedCycle, LedgerState
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,14 +68,18 @@ class PaidHistory:
 
 
 def paid_history(state: LedgerState, before_period: str) -> PaidHistory:
+    before = [state.cycles[p] for p in sorted(state.cycles) if p < before_period]
+    return history_of((cycle, cycle.lines) for cycle in before)
+
+
+def history_of(issued: Iterable[tuple[ClosedCycle, tuple[dict[str, Any], ...]]]) -> PaidHistory:
+    """``paid_history`` of closed cycles given in period order, each with its lines decoded (a caller that
+    reads the lines too decodes them once)."""
     paid: dict[str, Decimal] = {}
     count: dict[str, int] = {}
     carried: dict[tuple[str, str], Decimal] = {}
-    for period in sorted(state.cycles):
-        if period >= before_period:
-            break
-        cycle = state.cycles[period]
-        for line in cycle.lines:
+    for cycle, lines in issued:
+        for line in lines:
             ob = line["obligation"]
             paid[ob] = paid.get(ob, ZERO) + Decimal(line["amount"])
             count[ob] = count.get(ob, 0) + 1

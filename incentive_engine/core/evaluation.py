@@ -14,7 +14,7 @@ fact can move an obligation back, and the cycle turns the difference into an adj
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
@@ -353,11 +353,19 @@ def _earned_tranche(ctx: Context) -> Evaluation:
     return Evaluation(ob, "earned", earned, "earned", "tranche", factors, tuple(sorted(set(facts))), "; ".join(details))
 
 
-def evaluate_all(book: PlanBook, state: LedgerState, as_of: date, select: Selector | None = None) -> list[Evaluation]:
+def evaluate_all(
+    book: PlanBook,
+    state: LedgerState,
+    as_of: date,
+    select: Selector | None = None,
+    contracts: Iterable[Contract] | None = None,
+) -> list[Evaluation]:
     """Every obligation due on or before as_of, evaluated; sorted by payee, contract, obligation.
-    ``select`` narrows it to some of the contracts' obligations (manual adjustments are always in)."""
+    ``select`` narrows it to some of the contracts' obligations, ``contracts`` to those contracts' (each
+    obligation's evaluation reads its own contract only, so a subset is evaluated as in the whole);
+    manual adjustments are always in."""
     out: list[Evaluation] = []
-    for contract in state.contracts.values():
+    for contract in state.contracts.values() if contracts is None else contracts:
         if contract.signed > as_of:
             continue
         plan = book.in_force(contract.signed)

@@ -258,6 +258,8 @@ class LedgerState:
     _veto_index: tuple[int, dict[str, list[Violation]], dict[str, list[Violation]]] | None = field(
         default=None, repr=False, compare=False
     )
+    # derived, likewise: the years each rep has scorecard publications for (see ``scorecard_years``)
+    _card_index: tuple[int, dict[str, list[int]]] | None = field(default=None, repr=False, compare=False)
 
     # --- queries used by rules and scorecards ---
 
@@ -276,6 +278,18 @@ class LedgerState:
                         by_contract.setdefault(v.contract_id, []).append(v)
             index = self._veto_index = (len(self.violations), by_contract, by_rep)
         return index[1], index[2]
+
+    def scorecard_years(self, rep_id: str) -> list[int]:
+        """The years ``scorecards`` holds publications of ``rep_id`` for. Indexed like ``vetoes_by`` (and
+        again whenever a (rep, year) key was added: keys are never removed), so that finding a rep's
+        latest scorecard does not scan every rep's."""
+        index = self._card_index
+        if index is None or index[0] != len(self.scorecards):
+            years: dict[str, list[int]] = {}
+            for rep, year in self.scorecards:
+                years.setdefault(rep, []).append(year)
+            index = self._card_index = (len(self.scorecards), years)
+        return index[1].get(rep_id, [])
 
     def contracts_by_seller(self) -> dict[str, list[Contract]]:
         out: dict[str, list[Contract]] = {}

@@ -9,7 +9,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from .cycles import paid_history
+from .cycles import PaidHistory, history_of
 from .dates import add_years, period_end
 from .evaluation import Evaluation, Obligation, commission_parts, evaluate_all
 from .money import CONTEXT, ZERO, format_factor, format_money, round_money
@@ -86,10 +86,11 @@ def _dead_reason(plan: Plan, state: LedgerState, c: Contract, as_of: date) -> st
     """Facts already known that forfeit every future tranche."""
     if c.churned_by(as_of):
         return "churned"
-    for v in state.violations:
-        live = v.severity == "veto" and v.effective <= as_of
-        if live and (v.contract_id == c.contract_id or (v.rep_id == c.seller and v.effective >= c.signed)):
-            return "compliance_veto"
+    by_contract, by_rep = state.vetoes_by()
+    if any(v.effective <= as_of for v in by_contract.get(c.contract_id, ())) or any(
+        c.signed <= v.effective <= as_of for v in by_rep.get(c.seller, ())
+    ):
+        return "compliance_veto"
     rep = state.reps.get(c.seller)
     if rep and rep.terminated and rep.terminated.value == "bad" and rep.terminated.effective <= as_of:
         return "bad_leaver"
@@ -98,32 +99,69 @@ def _dead_reason(plan: Plan, state: LedgerState, c: Contract, as_of: date) -> st
 
 def _latest_card(state: LedgerState, rep_id: str, as_of: date) -> Decimal | None:
     best = None
-    for (rep, year), cards in state.scorecards.items():
-        if rep != rep_id:
-            continue
-        for s in cards:
+    for year in state.scorecard_years(rep_id):
+        for s in state.scorecards[(rep_id, year)]:
             if s.effective <= as_of and (best is None or (year, s.position) > best[0]):
                 best = ((year, s.position), s.composite)
     return None if best is None else best[1]
 
 
-def build_statement(book: PlanBook, state: LedgerState, rep_id: str, through: str) -> dict[str, Any]:
-    """The statement as data (JSON-ready): every later format renders this one structure."""
+@dataclass(frozen=True)
+class Issued:
+    """What every statement through one period reads from the whole ledger, decoded and indexed once
+    (``issued_through``): the closed cycles' lines (JSON text in a replayed state) and totals by rep, what
+    was paid per obligation, and the contracts by everyone who sold or was ever assigned them. Without it
+    each statement decoded every cycle and evaluated every obligation of the ledger: at the benchmark's M
+    size about 30 s a statement, so ``statement --all`` (11,000 people) would have taken days."""
+
+    through: str
+    history: PaidHistory  # paid per obligation by the cycles through ``through``
+    lines: dict[str, list[tuple[str, dict[str, Any]]]]  # rep -> (period, line), in period order
+    totals: dict[str, list[tuple[str, dict[str, Any]]]]  # rep -> (period, total), in period order
+    contracts: dict[str, list[Contract]]  # person -> the contracts they sold or were ever assigned
+
+
+def issued_through(state: LedgerState, through: str) -> Issued:
+    decoded = [(c, c.lines) for p, c in sorted(state.cycles.items()) if p <= through]
+    lines: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    totals: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for cycle, issued in decoded:
+        for x in issued:
+            lines.setdefault(x["rep_id"], []).append((cycle.period, x))
+        for t in cycle.totals:
+            totals.setdefault(t["rep_id"], []).append((cycle.period, t))
+    contracts: dict[str, list[Contract]] = {}
+    for c in state.contracts.values():
+        # the payee of every obligation of a contract is its seller or its owner on some date
+        for person in {c.seller, *(f.value for f in c.reassignments)}:
+            contracts.setdefault(person, []).append(c)
+    return Issued(through, history_of(decoded), lines, totals, contracts)
+
+
+def build_statement(
+    book: PlanBook, state: LedgerState, rep_id: str, through: str, issued: Issued | None = None
+) -> dict[str, Any]:
+    """The statement as data (JSON-ready): every later format renders this one structure. ``issued``:
+    ``issued_through(state, through)``, when several statements of the same state and period are built."""
     as_of = period_end(through)
     rep = state.reps.get(rep_id)
-    cycles = [c for p, c in sorted(state.cycles.items()) if p <= through]
-    history = paid_history(state, _after(through))
-    evaluations = [e for e in evaluate_all(book, state, as_of) if e.obligation.rep_id == rep_id]
+    if issued is None:
+        issued = issued_through(state, through)
+    elif issued.through != through:
+        raise ValueError(f"the issued lines are through {issued.through}, the statement through {through}")
+    history = issued.history
+    mine = issued.contracts.get(rep_id, [])
+    evaluations = [e for e in evaluate_all(book, state, as_of, contracts=mine) if e.obligation.rep_id == rep_id]
     by_ob: dict[str, Evaluation] = {e.obligation.obligation_id: e for e in evaluations}
 
-    my_lines = [(c.period, x) for c in cycles for x in c.lines if x["rep_id"] == rep_id]
+    my_lines = issued.lines.get(rep_id, [])
     lines_by_ob: dict[str, list[dict[str, Any]]] = {}
     for period, x in my_lines:
         lines_by_ob.setdefault(x["obligation"], []).append({**x, "period": period})
 
     contract_ids = sorted(
         {e.obligation.contract_id for e in evaluations if e.obligation.contract_id}
-        | {c.contract_id for c in state.contracts.values() if c.seller == rep_id and c.signed <= as_of}
+        | {c.contract_id for c in mine if c.seller == rep_id and c.signed <= as_of}
     )
     contracts = []
     sums: dict[str, dict[str, Decimal]] = {}
@@ -208,20 +246,17 @@ def build_statement(book: PlanBook, state: LedgerState, rep_id: str, through: st
     manual = [_line(x) for ob_id in sorted(lines_by_ob) if ob_id.startswith("ADJ/") for x in lines_by_ob[ob_id]]
     cycle_rows = []
     carried: dict[str, Decimal] = {}
-    for c in cycles:
-        for t in c.totals:
-            if t["rep_id"] != rep_id:
-                continue
-            cur = t["currency"]
-            cycle_rows.append(
-                {
-                    "period": c.period,
-                    **{k: t[k] for k in ("currency", "lines_total", "carried_in", "payable", "carried_out")},
-                }
-            )
-            add(cur, "paid", Decimal(t["payable"]))
-            bar(cur, c.period + "-01", "paid", Decimal(t["payable"]))
-            carried[cur] = Decimal(t["carried_out"])
+    for period, t in issued.totals.get(rep_id, []):
+        cur = t["currency"]
+        cycle_rows.append(
+            {
+                "period": period,
+                **{k: t[k] for k in ("currency", "lines_total", "carried_in", "payable", "carried_out")},
+            }
+        )
+        add(cur, "paid", Decimal(t["payable"]))
+        bar(cur, period + "-01", "paid", Decimal(t["payable"]))
+        carried[cur] = Decimal(t["carried_out"])
     for _, x in my_lines:
         amount = Decimal(x["amount"])
         if x["kind"] == "clawback":
@@ -264,11 +299,6 @@ def build_statement(book: PlanBook, state: LedgerState, rep_id: str, through: st
             for (cur, q), vals in sorted(chart.items())
         ],
     }
-
-
-def _after(period: str) -> str:
-    """A period key sorting after ``period`` (paid history includes ``period`` itself)."""
-    return period + "~"
 
 
 def _line(x: dict[str, Any]) -> dict[str, Any]:

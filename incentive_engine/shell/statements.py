@@ -11,7 +11,7 @@ from rich.console import Console
 
 from ..core.plan import PlanBook
 from ..core.projections import LedgerState
-from ..core.statements import build_statement
+from ..core.statements import build_statement, issued_through
 from ..errors import CycleError
 from . import render
 
@@ -50,8 +50,9 @@ def write_all(book: PlanBook, state: LedgerState, through: str | None, out: Path
     out.mkdir(parents=True, exist_ok=True)
     ext = {"table": "txt", "json": "json", "csv": "csv", "html": "html"}[fmt]
     written = []
+    issued = issued_through(state, period)  # decoded and indexed once for every rep's statement
     for rep_id in sorted(state.reps):
-        st = build_statement(book, state, rep_id, period)
+        st = build_statement(book, state, rep_id, period, issued)
         if fmt == "json":
             text = json.dumps(st, indent=2, ensure_ascii=False) + "\n"
         elif fmt == "csv":
