@@ -291,10 +291,14 @@ class LedgerState:
             index = self._card_index = (len(self.scorecards), years)
         return index[1].get(rep_id, [])
 
-    def contracts_by_seller(self) -> dict[str, list[Contract]]:
+    def contracts_by_person(self) -> dict[str, list[Contract]]:
+        """The contracts by everyone who sold or was ever assigned them: a contract's owner on any date,
+        and so the payee of any of its obligations, is one of these (for readers of one person's
+        contracts, such as scorecards and statements, that must not scan the whole book per person)."""
         out: dict[str, list[Contract]] = {}
         for c in self.contracts.values():
-            out.setdefault(c.seller, []).append(c)
+            for person in {c.seller, *(f.value for f in c.reassignments)}:
+                out.setdefault(person, []).append(c)
         return out
 
     def latest_scorecard(self, rep_id: str, year: int, as_of: date) -> Scorecard | None:

@@ -433,23 +433,15 @@ def _reports(state: LedgerState, year: int) -> dict[str, list[str]]:
 class _Book:
     """What every scope of one year reads, indexed once per computation (``_book``). Scanning the whole
     ledger per holder instead made the scorecards quadratic: each of 11,000 holders went through all
-    200,000 contracts once per KPI, hours at the benchmark's M size."""
+    200,000 contracts once per KPI, hours at the benchmark's M size (a holder's veto findings come from
+    ``LedgerState.vetoes_by`` likewise)."""
 
     children: dict[str, list[str]]  # ``_reports`` of the year
-    contracts: dict[str, list[Contract]]  # by each person who sold or was ever assigned the contract
-    vetoes: dict[str, list[Violation]]  # each holder's veto findings effective in Y, in ledger order
+    contracts: dict[str, list[Contract]]  # ``LedgerState.contracts_by_person``
 
 
 def _book(state: LedgerState, year: int) -> _Book:
-    contracts: dict[str, list[Contract]] = {}
-    for c in state.contracts.values():
-        for person in {c.seller, *(f.value for f in c.reassignments)}:
-            contracts.setdefault(person, []).append(c)
-    vetoes: dict[str, list[Violation]] = {}
-    for v in state.violations:
-        if v.severity == "veto" and v.effective.year == year:
-            vetoes.setdefault(v.rep_id, []).append(v)
-    return _Book(_reports(state, year), contracts, vetoes)
+    return _Book(_reports(state, year), state.contracts_by_person())
 
 
 def team_of(
@@ -515,7 +507,12 @@ def _make_scope(state: LedgerState, holder: str, role: str, year: int, book: _Bo
     else:
         found = {c.currency for c in contracts}
         currency = next(iter(found)) if len(found) == 1 else None
-    vetoes = tuple(sorted(book.vetoes.get(holder, ()), key=lambda v: (v.effective, v.position)))
+    vetoes = tuple(
+        sorted(
+            (v for v in state.vetoes_by()[1].get(holder, ()) if v.effective.year == year),
+            key=lambda v: (v.effective, v.position),
+        )
+    )
     return _Scope(state, holder, role, year, members, below, targets, currency, contracts, vetoes)
 
 

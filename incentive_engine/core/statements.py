@@ -130,12 +130,7 @@ def issued_through(state: LedgerState, through: str) -> Issued:
             lines.setdefault(x["rep_id"], []).append((cycle.period, x))
         for t in cycle.totals:
             totals.setdefault(t["rep_id"], []).append((cycle.period, t))
-    contracts: dict[str, list[Contract]] = {}
-    for c in state.contracts.values():
-        # the payee of every obligation of a contract is its seller or its owner on some date
-        for person in {c.seller, *(f.value for f in c.reassignments)}:
-            contracts.setdefault(person, []).append(c)
-    return Issued(through, history_of(decoded), lines, totals, contracts)
+    return Issued(through, history_of(decoded), lines, totals, state.contracts_by_person())
 
 
 def build_statement(
