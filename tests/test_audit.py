@@ -243,3 +243,20 @@ def test_explain_a_settled_obligation_and_an_unknown_one(worked_db):
     assert "line" not in item and fact_types(item) == ["contract.signed"]
     r = incentive("explain", "2028-06", "R1", "--obligation", "C9/upfront", db=worked_db)
     assert r.code == 1 and "C9/upfront is not an obligation of R1 due by 2028-06" in r.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("explain", "R1", "2026-03"), ("statement", "R1", "--through", "March")],
+    ids=["explain", "statement"],
+)
+def test_a_bad_period_is_refused_before_the_ledger_is_replayed(worked_db, monkeypatch, args):
+    """A typo is told at once: on a large ledger the replay takes seconds to minutes (14 s at M)."""
+    from incentive_engine.shell import service
+
+    def replay(*_a, **_k):
+        raise AssertionError("replayed before checking the period")
+
+    monkeypatch.setattr(service, "load_state", replay)
+    r = incentive(*args, db=worked_db)
+    assert r.code != 0 and "period must be YYYY-MM" in r.out + r.err, r

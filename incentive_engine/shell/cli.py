@@ -283,8 +283,9 @@ def explain(
 
     s = _settings(ctx)
     s.ledger.check_schema()
+    period = service.check_period(period)  # before the replay: a typo is told at once, not after it
     state = service.load_state(s.ledger)
-    book = s.book() if service.check_period(period) not in state.cycles else None
+    book = s.book() if period not in state.cycles else None
     result = audit.explain(s.ledger, book, state, period, rep_id, obligation)  # type: ignore[arg-type]
     if fmt is Format.json:
         render.print_json(result)
@@ -317,6 +318,8 @@ def statement(
         raise typer.BadParameter("give either a REP_ID or --all")
     if all_ and out is None:
         raise typer.BadParameter("--all needs --out DIR")
+    if through is not None:
+        service.check_period(through)  # before the replay, as for explain
     state = service.load_state(s.ledger)
     book = s.book()
     if all_:
