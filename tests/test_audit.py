@@ -260,3 +260,59 @@ def test_a_bad_period_is_refused_before_the_ledger_is_replayed(worked_db, monkey
     monkeypatch.setattr(service, "load_state", replay)
     r = incentive(*args, db=worked_db)
     assert r.code != 0 and "period must be YYYY-MM" in r.out + r.err, r
+
+
+def test_explain_reads_every_contract_its_rep_is_paid_for(tmp_path, monkeypatch):
+    """explain evaluates only the contracts the rep sold or was ever assigned: the same items as with every
+    contract of the ledger read, for every rep and month, and a renewal paid to the rep a contract was
+    reassigned to is among them."""
+    from incentive_engine.core.projections import LedgerState
+
+    db = f"sqlite:///{tmp_path / 'reassigned.db'}"
+    facts = [
+        *(
+            {"type": "rep.hired", "effective": "2025-01-01", "rep_id": r, "name": r, "role": "rep"}
+            for r in ("R1", "R2", "R3")
+        ),
+        *(
+            {
+                "type": "contract.signed",
+                "effective": "2026-01-15",
+                "contract_id": cid,
+                "account_id": "A" + cid,
+                "rep_id": rep,
+                "acv": "120000.00",
+                "currency": "CNY",
+                "term_months": 12,
+            }
+            for cid, rep in (("C1", "R1"), ("C2", "R3"))
+        ),
+        {"type": "contract.reassigned", "effective": "2026-06-01", "contract_id": "C1", "rep_id": "R2"},
+        {
+            "type": "contract.renewed",
+            "effective": "2027-01-15",
+            "contract_id": "C1",
+            "acv": "150000.00",
+            "term_months": 12,
+        },
+        {"type": "contract.churned", "effective": "2026-09-30", "contract_id": "C2"},
+    ]
+    path = tmp_path / "facts.jsonl"
+    path.write_text("\n".join(json.dumps(f) for f in facts) + "\n")
+    ok("init", db=db)
+    ok("ingest", str(path), db=db)
+    months = periods_between("2026-01", "2027-02")
+    for p in months[:-1]:
+        ok("cycle", "close", p, db=db)  # the last month stays open: explained as a preview
+
+    def explained() -> list[dict]:
+        return [json.loads(ok("explain", p, r, "--format", "json", db=db)) for p in months for r in ("R1", "R2", "R3")]
+
+    narrow = explained()
+    with monkeypatch.context() as m:
+        m.setattr(
+            LedgerState, "contracts_by_person", lambda self: {r: list(self.contracts.values()) for r in self.reps}
+        )
+        assert explained() == narrow
+    renewal = [item for e in narrow if e["rep_id"] == "R2" and e["period"] == "2027-01" for item in e["items"]]
+    assert [i["obligation"] for i in renewal] == ["C1/renewal/2027-01-15"]

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.canonical import GENESIS_HASH, record_text
-from ..core.cycles import compute_cycle, line_json, paid_history, total_json
+from ..core.cycles import cycle_from, line_json, paid_history, total_json
 from ..core.dates import period_end
 from ..core.evaluation import Evaluation, evaluate_all
 from ..core.events import Event, to_payload
@@ -131,15 +131,22 @@ def explain(
         status, upto = "closed", cycle.ledger_position
     else:
         seen, status, upto = state, "preview", state.position
-    result = compute_cycle(book, seen, period, status)
+    # The cycle's lines and listing are per obligation (earned - paid before), so the rep's are computed
+    # from the obligations of the contracts the rep sold or was ever assigned (every payee is one of
+    # those) and the manual adjustments, by the same rules and history as the whole cycle: at M a third
+    # of the time of evaluating every obligation ever signed.
+    mine = seen.contracts_by_person().get(rep_id, [])
+    history = paid_history(seen, period)
+    evaluated = evaluate_all(book, seen, period_end(period), contracts=mine)
+    result = cycle_from(book, period, status, evaluated, history)
     evals = {e.obligation.obligation_id: (e, paid) for e, paid in result.evaluations if e.obligation.rep_id == rep_id}
     lines = {x.obligation: x for x in result.lines if x.rep_id == rep_id}
     wanted = sorted(set(evals) | set(lines))
     if obligation is not None:
         if obligation not in evals:
             # an earned, settled obligation is not listed by the cycle; explain it all the same
-            paid = paid_history(seen, period).paid
-            for ev in evaluate_all(book, seen, period_end(period)):
+            paid = history.paid
+            for ev in evaluated:
                 if ev.obligation.obligation_id == obligation and ev.obligation.rep_id == rep_id:
                     evals[obligation] = (ev, paid.get(obligation, Decimal(0)))
         wanted = [o for o in (*wanted, obligation) if o == obligation][:1]
