@@ -245,6 +245,14 @@ def run_one(
     # the month just closed, shown as a user shows it (the JSON contract, and the table for people)
     show_json_s, show_json_rss = cli(url, "cycle", "show", dec, "--format", "json")
     show_table_s, show_table_rss = cli(url, "cycle", "show", dec)
+    # what the comp team runs for people once a year and once a month: every scorecard of the last full
+    # year, and every rep's statement (each was quadratic in the organisation's size until this was measured)
+    year = str(int(dec[:4]) - 1)
+    say(f"    {year}'s scorecards and every statement through {dec} (CLI)")
+    scorecards_s, scorecards_rss = cli(url, "scorecard", "compute", year, "--format", "json")
+    with tempfile.TemporaryDirectory(dir=dbs.work) as out_dir:
+        statements_s, statements_rss = cli(url, "statement", "--all", "--format", "json", "--out", out_dir)
+        statements = sum(1 for _ in Path(out_dir).iterdir())
     say("    verify, replay (apart, then together)")
     verified = phase("verify", url)
     replayed = phase("replay", url)
@@ -271,6 +279,12 @@ def run_one(
         "show_json_rss_mb": round(show_json_rss, 1),
         "show_table_s": round(show_table_s, 3),
         "show_table_rss_mb": round(show_table_rss, 1),
+        "scorecards_year": year,
+        "scorecards_s": round(scorecards_s, 3),
+        "scorecards_rss_mb": round(scorecards_rss, 1),
+        "statements": statements,
+        "statements_s": round(statements_s, 3),
+        "statements_rss_mb": round(statements_rss, 1),
         "verify_eps": verified["eps"],
         "verify_rss_mb": verified["rss_mb"],
         "replay_eps": replayed["eps"],
@@ -385,6 +399,14 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"{r['size']:<4} {r['db']:<9} `incentive cycle show` of the month closed by the CLI, fresh process: "
                 f"--format json {r['show_json_s']:.2f} s ({r['show_json_rss_mb']:.0f} MB), "
                 f"table {r['show_table_s']:.2f} s ({r['show_table_rss_mb']:.0f} MB)"
+            )
+    for r in rows:
+        if "scorecards_s" in r:
+            lines.append(
+                f"{r['size']:<4} {r['db']:<9} `incentive scorecard compute {r['scorecards_year']} --format json`, "
+                f"fresh process: {r['scorecards_s']:.2f} s ({r['scorecards_rss_mb']:.0f} MB); `incentive statement "
+                f"--all --format json` ({r['statements']:,} statements): {r['statements_s']:.2f} s "
+                f"({r['statements_rss_mb']:.0f} MB)"
             )
     peers = [r for r in rows if "peer_append_eps" in r]
     if peers:
