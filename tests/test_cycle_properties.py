@@ -232,17 +232,49 @@ def test_closing_again_never_pays_twice(lines):
     assert sim.close("2031-07")["lines"] == []
 
 
+_ADJUSTMENTS = st.lists(
+    st.tuples(
+        st.sampled_from(["R1", "R2", "R3"]),
+        st.integers(0, 1500),
+        st.integers(-5000, 5000).filter(bool),
+        st.integers(0, 3),  # the contract it names, of those signed (and only by number: one may name none)
+    ),
+    max_size=3,
+)
+
+
 @PROPS
-@given(ledgers(), st.sampled_from(PERIODS[6::9]))
-def test_each_statement_reads_every_contract_its_rep_is_paid_for(lines, through):
-    """A statement evaluates only the contracts its rep sold or was ever assigned (``Issued.contracts``):
-    every rep's statement equals the one built with every contract of the ledger read for every rep."""
+@given(ledgers(), st.sampled_from(PERIODS[6::9]), _ADJUSTMENTS)
+def test_each_statement_reads_every_contract_its_rep_is_paid_for(lines, through, adjustments):
+    """A statement evaluates only the contracts its rep sold or was ever assigned (``Issued.contracts``)
+    and the rep's own manual adjustments: every rep's statement equals the one built with every contract
+    and adjustment of the ledger read for every rep."""
+    signed = [json.loads(x) for x in lines if '"contract.signed"' in x]
+    for i, (rep, day, amount, which) in enumerate(adjustments):
+        adjustment = {
+            "type": "adjustment.recorded",
+            "effective": _day(day),
+            "event_id": f"ADJ-{i}",
+            "rep_id": rep,
+            "amount": str(amount),
+            "currency": "CNY",
+            "reason": "agreed correction",
+            "approved_by": "finance",
+        }
+        if which < len(signed) and signed[which]["effective"] <= adjustment["effective"]:
+            adjustment |= {"contract_id": signed[which]["contract_id"], "currency": signed[which]["currency"]}
+        lines = [*lines, json.dumps(adjustment)]
     sim = _sim(lines)
     for p in PERIODS[2::3]:
         if p <= through:
             sim.close(p)
     issued = issued_through(sim.state, through)
-    wide = replace(issued, contracts={r: list(sim.state.contracts.values()) for r in sim.state.reps})
+    everyone = sim.state.reps
+    wide = replace(
+        issued,
+        contracts={r: list(sim.state.contracts.values()) for r in everyone},
+        adjustments={r: list(sim.state.adjustments) for r in everyone},
+    )
     for rep in sorted(sim.state.reps):
         statement = build_statement(sim.book, sim.state, rep, through, issued)
         assert statement == build_statement(sim.book, sim.state, rep, through, wide)

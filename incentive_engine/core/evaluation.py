@@ -26,7 +26,7 @@ from .dates import add_days
 from .events import Event
 from .money import CONTEXT, ZERO, round_money, split_minor_units
 from .plan import Plan, PlanBook
-from .projections import Contract, LedgerState, Renewal
+from .projections import Adjustment, Contract, LedgerState, Renewal
 
 # Pure calendar arithmetic, memoised: pendulum takes microseconds a call and an evaluation asks for the
 # same few thousand dates again and again (a cache of a pure function cannot change a result).
@@ -359,11 +359,12 @@ def evaluate_all(
     as_of: date,
     select: Selector | None = None,
     contracts: Iterable[Contract] | None = None,
+    adjustments: Iterable[Adjustment] | None = None,
 ) -> list[Evaluation]:
     """Every obligation due on or before as_of, evaluated; sorted by payee, contract, obligation.
     ``select`` narrows it to some of the contracts' obligations, ``contracts`` to those contracts' (each
-    obligation's evaluation reads its own contract only, so a subset is evaluated as in the whole);
-    manual adjustments are always in."""
+    obligation's evaluation reads its own contract only, so a subset is evaluated as in the whole), and
+    ``adjustments`` to those manual adjustments (all of them by default, whatever ``select`` says)."""
     out: list[Evaluation] = []
     for contract in state.contracts.values() if contracts is None else contracts:
         if contract.signed > as_of:
@@ -371,7 +372,7 @@ def evaluate_all(
         plan = book.in_force(contract.signed)
         for ob in obligations_of(contract, plan, state, as_of, select):
             out.append(evaluate_obligation(plan, state, as_of, contract, ob))
-    for adj in state.adjustments:
+    for adj in state.adjustments if adjustments is None else adjustments:
         if adj.effective <= as_of:
             ob = Obligation(
                 f"ADJ/{adj.event_id}",

@@ -14,7 +14,7 @@ from .dates import add_years, period_end
 from .evaluation import Evaluation, Obligation, commission_parts, evaluate_all
 from .money import CONTEXT, ZERO, format_factor, format_money, round_money
 from .plan import Plan, PlanBook
-from .projections import Contract, LedgerState
+from .projections import Adjustment, Contract, LedgerState
 
 ESTIMATE_LABEL = (
     "Estimate, not a promise: what is still to come if every customer stays at today's ACV and your latest "
@@ -110,7 +110,8 @@ def _latest_card(state: LedgerState, rep_id: str, as_of: date) -> Decimal | None
 class Issued:
     """What every statement through one period reads from the whole ledger, decoded and indexed once
     (``issued_through``): the closed cycles' lines (JSON text in a replayed state) and totals by rep, what
-    was paid per obligation, and the contracts by everyone who sold or was ever assigned them. Without it
+    was paid per obligation, the contracts by everyone who sold or was ever assigned them, and the manual
+    adjustments by rep. Without it
     each statement decoded every cycle and evaluated every obligation of the ledger: at the benchmark's M
     size about 30 s a statement, so ``statement --all`` (11,000 people) would have taken days."""
 
@@ -119,6 +120,7 @@ class Issued:
     lines: dict[str, list[tuple[str, dict[str, Any]]]]  # rep -> (period, line), in period order
     totals: dict[str, list[tuple[str, dict[str, Any]]]]  # rep -> (period, total), in period order
     contracts: dict[str, list[Contract]]  # person -> the contracts they sold or were ever assigned
+    adjustments: dict[str, list[Adjustment]]  # rep -> their manual adjustments, in ledger order
 
 
 def issued_through(state: LedgerState, through: str) -> Issued:
@@ -130,7 +132,10 @@ def issued_through(state: LedgerState, through: str) -> Issued:
             lines.setdefault(x["rep_id"], []).append((cycle.period, x))
         for t in cycle.totals:
             totals.setdefault(t["rep_id"], []).append((cycle.period, t))
-    return Issued(through, history_of(decoded), lines, totals, state.contracts_by_person())
+    adjustments: dict[str, list[Adjustment]] = {}
+    for adj in state.adjustments:
+        adjustments.setdefault(adj.rep_id, []).append(adj)
+    return Issued(through, history_of(decoded), lines, totals, state.contracts_by_person(), adjustments)
 
 
 def build_statement(
@@ -146,7 +151,9 @@ def build_statement(
         raise ValueError(f"the issued lines are through {issued.through}, the statement through {through}")
     history = issued.history
     mine = issued.contracts.get(rep_id, [])
-    evaluations = [e for e in evaluate_all(book, state, as_of, contracts=mine) if e.obligation.rep_id == rep_id]
+    adjustments = issued.adjustments.get(rep_id, [])
+    evaluated = evaluate_all(book, state, as_of, contracts=mine, adjustments=adjustments)
+    evaluations = [e for e in evaluated if e.obligation.rep_id == rep_id]
     by_ob: dict[str, Evaluation] = {e.obligation.obligation_id: e for e in evaluations}
 
     my_lines = issued.lines.get(rep_id, [])
