@@ -13,13 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from ..core.canonical import GENESIS_HASH, record_text
-from ..core.cycles import cycle_from, line_json, paid_history, total_json
+from ..core.cycles import CycleResult, compute_cycle, cycle_from, line_json, paid_history, total_json
 from ..core.dates import period_end
 from ..core.evaluation import Evaluation, evaluate_all
 from ..core.events import Event, to_payload
 from ..core.money import format_factor, format_money
 from ..core.plan import PlanBook
-from ..core.projections import LedgerState
+from ..core.projections import ClosedCycle, LedgerState, Projector
 from ..errors import CycleError
 from . import service
 from .store import Ledger
@@ -35,10 +35,41 @@ class Reproduction:
 
 def reproduce(ledger: Ledger, state: LedgerState, period: str) -> Reproduction:
     """Recompute a closed cycle from the ledger as it stood at its close and diff it line by line."""
+    cycle = _closed(state, period)
+    return _compared(cycle, service.reproduce_cycle(ledger, state, cycle.period))
+
+
+def reproduce_all(
+    ledger: Ledger, state: LedgerState, periods: list[str], done: Callable[[], None] | None = None
+) -> list[Reproduction]:
+    """``reproduce`` of each of ``periods``, from one fold: the ledger is read once, every row validated
+    again, and each cycle is recomputed (with the plans it used) when the fold reaches the position its
+    close saw. A prefix folded on from a shorter prefix is the same state as one folded from the start,
+    so each result is ``reproduce``'s; reading the prefix again from position 1 for every cycle made
+    ``--all`` quadratic in the ledger's age (S: 59 cycles in 112 s). ``done`` is called after each."""
+    cycles = sorted((_closed(state, p) for p in periods), key=lambda c: c.ledger_position)
+    projector, at = Projector(), 0
+    found: dict[str, Reproduction] = {}
+    for cycle in cycles:
+        with service.gc_paused():
+            projector.apply_all(ledger.read(after=at, upto=cycle.ledger_position))
+        at = max(at, cycle.ledger_position)
+        book = service.registered_book(state, cycle.plans)
+        found[cycle.period] = _compared(cycle, compute_cycle(book, projector.state, cycle.period, "reproduced"))
+        if done is not None:
+            done()
+    return [found[service.check_period(p)] for p in periods]
+
+
+def _closed(state: LedgerState, period: str) -> ClosedCycle:
     cycle = state.cycles.get(service.check_period(period))
     if cycle is None:
         raise CycleError(f"{period} is not closed: nothing to reproduce")
-    again = service.reproduce_cycle(ledger, state, period)
+    return cycle
+
+
+def _compared(cycle: ClosedCycle, again: CycleResult) -> Reproduction:
+    period = cycle.period
     diffs = _diff("line", [dict(x) for x in cycle.lines], [line_json(x) for x in again.lines], "obligation")
     diffs += _diff(
         "total", [dict(t) for t in cycle.totals], [total_json(t) for t in again.totals], "rep_id", "currency"

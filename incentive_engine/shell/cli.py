@@ -237,14 +237,10 @@ def audit_reproduce(
     if all_ == (period is not None):
         raise typer.BadParameter("give either a PERIOD or --all")
     periods = sorted(state.cycles) if all_ else [period]
-    failed = []
     with _progress() as bar:
         task = bar.add_task("reproducing cycles", total=len(periods))
-        for p in periods:
-            r = audit.reproduce(s.ledger, state, p)  # type: ignore[arg-type]
-            bar.advance(task)
-            if not r.identical:
-                failed.append(r)
+        reproduced = audit.reproduce_all(s.ledger, state, periods, lambda: bar.advance(task))  # type: ignore[arg-type]
+    failed = [r for r in reproduced if not r.identical]
     for r in failed:
         render.err.print(f"{r.period}: differs from what was issued:", highlight=False)
         for d in r.differences:
