@@ -111,9 +111,9 @@ class Issued:
     """What every statement through one period reads from the whole ledger, decoded and indexed once
     (``issued_through``): the closed cycles' lines (JSON text in a replayed state) and totals by rep, what
     was paid per obligation, the contracts by everyone who sold or was ever assigned them, and the manual
-    adjustments by rep. Without it
-    each statement decoded every cycle and evaluated every obligation of the ledger: at the benchmark's M
-    size about 30 s a statement, so ``statement --all`` (11,000 people) would have taken days."""
+    adjustments by rep. Without it each statement decoded every cycle and evaluated every obligation of
+    the ledger: at the benchmark's M size about 30 s a statement, so ``statement --all`` (11,000 people)
+    would have taken days."""
 
     through: str
     history: PaidHistory  # paid per obligation by the cycles through ``through``

@@ -164,8 +164,8 @@ def explain(
         seen, status, upto = state, "preview", state.position
     # The cycle's lines and listing are per obligation (earned - paid before), so the rep's are computed
     # from the obligations of the contracts the rep sold or was ever assigned (every payee is one of
-    # those) and the manual adjustments, by the same rules and history as the whole cycle: at M a third
-    # of the time of evaluating every obligation ever signed.
+    # those) and the manual adjustments, by the same rules and history as the whole cycle (at M, one
+    # rep's closed month: 90.6 s with every obligation ever signed evaluated, 66.6 s so).
     mine = seen.contracts_by_person().get(rep_id, [])
     history = paid_history(seen, period)
     evaluated = evaluate_all(book, seen, period_end(period), contracts=mine)
