@@ -1,8 +1,9 @@
-"""Only the C part of the build (everything else is in pyproject.toml): the SQLite hash-chain checker.
+"""Only the C part of the build (everything else is in pyproject.toml): the SQLite hash-chain checker
+and the replay's reader of service costs.
 
-It links the system's SQLite and OpenSSL (libcrypto) - the libraries Python's own sqlite3 and hashlib
-use - and is optional: where it does not compile, the install goes on and ``Ledger.verify`` uses the
-Python verifier alone (slower, same result).
+They link the system's SQLite and OpenSSL (libcrypto) - the libraries Python's own sqlite3 and hashlib
+use - and are optional: where they do not compile, the install goes on, ``Ledger.verify`` uses the
+Python verifier alone and ``Ledger.fold`` reads every row in Python (slower, same result).
 """
 
 from setuptools import Extension, setup
@@ -16,6 +17,13 @@ setup(
             extra_compile_args=["-O2", "-pthread"],
             extra_link_args=["-pthread"],
             optional=True,
-        )
+        ),
+        Extension(
+            "incentive_engine.shell._costs_sqlite",
+            ["incentive_engine/shell/_costs_sqlite.c"],
+            libraries=["sqlite3"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
     ]
 )

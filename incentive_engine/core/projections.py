@@ -364,6 +364,23 @@ class Projector:
         s.position = position
         _add_cost(s.contracts[contract_id].service_costs, effective, position, amount)
 
+    def service_costs(self, groups: Iterable[tuple[str, list[Fact], bool]], last_position: int) -> None:
+        """Many ``service_cost`` steps at once, contract by contract: each group is a contract's costs in
+        position order, ``ordered`` when they are also in (effective, position) order. A contract's list
+        ends as ``service_cost`` one by one leaves it (every cost, in (effective, position) order), and the
+        state's position as the last of them left it; nothing else in the state depends on the costs, so
+        a replay may take them after the other facts (``shell.store``'s reader does)."""
+        contracts = self.state.contracts
+        for contract_id, facts, ordered in groups:
+            costs = contracts[contract_id].service_costs
+            if costs and facts and _fact_key(costs[-1]) > _fact_key(facts[0]):
+                ordered = False
+            costs += facts
+            if not ordered:
+                costs.sort(key=_fact_key)
+        if last_position > self.state.position:
+            self.state.position = last_position
+
 
 _new_tuple = tuple.__new__
 

@@ -58,7 +58,7 @@ from ..core.events import (
     stream_of,
     to_payload,
 )
-from ..core.projections import ClosedCycle, LedgerState, Projector, Recorded
+from ..core.projections import ClosedCycle, Fact, LedgerState, Projector, Recorded
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
 from .tables import COLUMNS, PG_TRIGGER_FUNCTION, PG_TRUNCATE_TRIGGER, SQLITE_REPLACE_TRIGGERS, TABLE, TRIGGERS
 
@@ -66,6 +66,10 @@ try:  # the native chain checker (setup.py); optional: without it the Python ver
     from . import _chain_sqlite
 except ImportError:  # pragma: no cover - only where the C part did not build
     _chain_sqlite = None
+try:  # the native reader of service costs (setup.py); optional: without it a fold reads them in Python
+    from . import _costs_sqlite
+except ImportError:  # pragma: no cover - only where the C part did not build
+    _costs_sqlite = None
 
 __all__ = [
     "Ledger",
@@ -470,6 +474,43 @@ def _fold(rows: Iterable[Any], projector: Projector, engine_columns: Callable[[i
         apply_values(position, type_, bag)
 
 
+# below this many rows a fold reads every row in Python: the native reader's thread and its own pass over
+# the table would cost more than they save
+NATIVE_FOLD_ROWS = 100_000
+
+
+def _fold_costs_apart(conn: Connection, path: str, projector: Projector, after: int, upto: int | None) -> bool:
+    """``_fold`` of the rows ``after < position <= upto``, the service costs apart: the native reader
+    (``_costs_sqlite``, on a connection of its own) reads them in a thread that does not hold the GIL while
+    Python folds the other rows, then each contract's costs go into the state in one step
+    (``Projector.service_costs``: a contract's costs depend on nothing but the contract, so taking them
+    after the other facts leaves the state a fold in position order leaves; a test compares the digests).
+    Where the reader declines (see the C file), the cost rows are folded in Python after the others.
+    False, having folded nothing, when the range holds fewer than ``NATIVE_FOLD_ROWS`` rows."""
+    head = head_position(conn)  # this read opens the snapshot both folds of this connection see
+    last = head if upto is None else min(head, upto)
+    if last - after < NATIVE_FOLD_ROWS:
+        return False
+    scanned: list[Any] = []
+    reader = threading.Thread(
+        target=lambda: scanned.append(_costs_sqlite.scan(path, after, last)), name="ledger-costs", daemon=True
+    )
+    reader.start()
+    try:
+        _fold(_stream(conn, _FOLD_COLUMNS, after, last, service_costs=False), projector, partial(_engine_columns, conn))
+    finally:
+        reader.join()
+    built = _costs_sqlite.facts(scanned[0], Fact, Decimal) if scanned and scanned[0] is not None else None
+    if built is None:
+        others_last = projector.state.position
+        _fold(_stream(conn, _FOLD_COLUMNS, after, last, service_costs=True), projector, partial(_engine_columns, conn))
+        # the state's position is the range's last row's, a cost or not (the costs' fold left its own last)
+        projector.state.position = max(others_last, projector.state.position)
+    else:
+        projector.service_costs(*built)
+    return True
+
+
 def _closed_cycle(position: int, recorded_at: str, stream_id: str, payload: str) -> ClosedCycle | None:
     """A ``cycle.closed`` row's projection with its lines left as the JSON text they are in the payload
     (``ClosedCycle``: most of a cycle's payload, and of a replayed state), or None when the payload is not
@@ -536,11 +577,17 @@ def _to_recorded(rows: Iterable[Any], validate: bool) -> Iterator[Recorded]:
 
 
 def _stream(
-    conn: Connection, columns: str, after: int = 0, upto: int | None = None, recorded_upto: str | None = None
+    conn: Connection,
+    columns: str,
+    after: int = 0,
+    upto: int | None = None,
+    recorded_upto: str | None = None,
+    service_costs: bool | None = None,
 ) -> Iterator[tuple[Any, ...]]:
-    """Rows ``after < position <= upto`` (and ``recorded_at <= recorded_upto``) in position order, as plain
-    tuples straight from the driver, in batches: a server-side cursor on PostgreSQL (constant memory),
-    SQLite's lazy cursor. Inside the connection's transaction, so the rows are one consistent snapshot."""
+    """Rows ``after < position <= upto`` (and ``recorded_at <= recorded_upto``; only the service costs, or
+    all but them, when ``service_costs`` is True or False) in position order, as plain tuples straight from
+    the driver, in batches: a server-side cursor on PostgreSQL (constant memory), SQLite's lazy cursor.
+    Inside the connection's transaction, so the rows are one consistent snapshot."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     clauses = [f"position > {mark}"]
     params: list[Any] = [after]
@@ -552,6 +599,11 @@ def _stream(
             recorded_upto += "T23:59:59.999999Z"
         clauses.append(f"recorded_at <= {mark}")
         params.append(recorded_upto)
+    if service_costs is not None:
+        # SQLite's `+type`: the table in position order, not the (type, effective) index and a sort
+        column = "+type" if conn.dialect.name == "sqlite" else "type"
+        clauses.append(f"{column} {'=' if service_costs else '<>'} {mark}")
+        params.append("service.cost")
     sql = f"SELECT {columns} FROM {TABLE} WHERE {' AND '.join(clauses)} ORDER BY position"
     if not conn.in_transaction():
         conn.begin()  # released (rolled back) when the caller's connection closes
@@ -905,9 +957,11 @@ class Ledger:
 
     def fold(self, projector: Projector, after: int = 0, upto: int | None = None) -> None:
         """Fold every event with ``after < position <= upto`` into ``projector`` (``_fold``: trusted,
-        fast)."""
+        fast; on an SQLite file, a long range with its service costs read apart: ``_fold_costs_apart``)."""
         with self._ready().connect() as conn:
-            _fold(_stream(conn, _FOLD_COLUMNS, after, upto), projector, partial(_engine_columns, conn))
+            path = _native_path(self.url, _costs_sqlite)
+            if path is None or not _fold_costs_apart(conn, path, projector, after, upto):
+                _fold(_stream(conn, _FOLD_COLUMNS, after, upto), projector, partial(_engine_columns, conn))
 
     def read_rows(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
         """Raw rows in position order, columns as ``tables.COLUMNS``: (position, stream_id,
@@ -1105,16 +1159,24 @@ def _server_verify(conn: Connection) -> tuple[bool, int] | None:
     return bad == 0 and gaps == 0, int(rows)
 
 
-def _native_verify(url: str) -> tuple[bool, int] | None:
-    """The native checker's verdict on an SQLite file ledger: (every row good?, rows read); None when it
-    does not apply (PostgreSQL, an in-memory database, not built, ``INCENTIVE_NATIVE=0``) or could not
-    read the file."""
-    if _chain_sqlite is None or os.environ.get("INCENTIVE_NATIVE") == "0":
+def _native_path(url: str, module: Any) -> str | None:
+    """The file of an SQLite file ledger, for a native ``module`` that opens it itself; None when native
+    code does not apply (PostgreSQL, an in-memory database, the module not built, ``INCENTIVE_NATIVE=0``)."""
+    if module is None or os.environ.get("INCENTIVE_NATIVE") == "0":
         return None
     u = make_url(url)
     if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:") or u.query:
         return None
-    result: tuple[bool, int] | None = _chain_sqlite.verify(str(u.database), _NATIVE_SPLIT)
+    return str(u.database)
+
+
+def _native_verify(url: str) -> tuple[bool, int] | None:
+    """The native checker's verdict on an SQLite file ledger: (every row good?, rows read); None when it
+    does not apply (see ``_native_path``) or could not read the file."""
+    path = _native_path(url, _chain_sqlite)
+    if path is None:
+        return None
+    result: tuple[bool, int] | None = _chain_sqlite.verify(path, _NATIVE_SPLIT)
     return result
 
 
