@@ -1,5 +1,5 @@
 """Only the C part of the build (everything else is in pyproject.toml): the SQLite hash-chain checker
-and the replay's reader of service costs.
+and the replay's reader of the facts contracts keep in lists.
 
 They link the system's SQLite and OpenSSL (libcrypto) - the libraries Python's own sqlite3 and hashlib
 use - and are optional: where they do not compile, the install goes on, ``Ledger.verify`` uses the
@@ -19,8 +19,8 @@ setup(
             optional=True,
         ),
         Extension(
-            "incentive_engine.shell._costs_sqlite",
-            ["incentive_engine/shell/_costs_sqlite.c"],
+            "incentive_engine.shell._contract_facts_sqlite",
+            ["incentive_engine/shell/_contract_facts_sqlite.c"],
             libraries=["sqlite3"],
             extra_compile_args=["-O2"],
             optional=True,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from decimal import Decimal
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, NamedTuple
 
 from . import dates
@@ -364,24 +365,28 @@ class Projector:
         s.position = position
         _add_cost(s.contracts[contract_id].service_costs, effective, position, amount)
 
-    def service_costs(self, groups: Iterable[tuple[str, list[Fact], bool]], last_position: int) -> None:
-        """Many ``service_cost`` steps at once, contract by contract: each group is a contract's costs in
-        position order, ``ordered`` when they are also in (effective, position) order. A contract's list
-        ends as ``service_cost`` one by one leaves it (every cost, in (effective, position) order), and the
-        state's position as the last of them left it; nothing else in the state depends on the costs, so
-        a replay may take them after the other facts (``shell.store``'s reader does)."""
+    def contract_lists(self, groups: Iterable[tuple[str, str, list[Any], bool]], last_position: int) -> None:
+        """Many steps at once of the facts a contract keeps in lists (``CONTRACT_LISTS``: service costs,
+        expansions, renewals), a contract and a type at a time: each group is one contract's facts of one
+        type in position order, as its handler would build them, ``ordered`` when they are also in
+        (effective, position) order. Each list ends as those steps one by one leave it (every fact, in
+        (effective, position) order), and the state's position as the last of them left it. No other step
+        reads these lists, so a replay may take them after the other facts (``shell.store``'s reader does)."""
         contracts = self.state.contracts
-        for contract_id, facts, ordered in groups:
-            costs = contracts[contract_id].service_costs
-            if costs and facts and _fact_key(costs[-1]) > _fact_key(facts[0]):
+        for type_, contract_id, items, ordered in groups:
+            held = getattr(contracts[contract_id], CONTRACT_LISTS[type_])
+            if held and items and _by_date(held[-1]) > _by_date(items[0]):
                 ordered = False
-            costs += facts
+            held += items
             if not ordered:
-                costs.sort(key=_fact_key)
+                held.sort(key=_by_date)
         if last_position > self.state.position:
             self.state.position = last_position
 
 
+# the facts a contract keeps in a list, by event type: the list (each in (effective, position) order)
+CONTRACT_LISTS = {"service.cost": "service_costs", "contract.expanded": "expansions", "contract.renewed": "renewals"}
+_by_date = attrgetter("effective", "position")
 _new_tuple = tuple.__new__
 
 

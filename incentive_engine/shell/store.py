@@ -43,7 +43,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import bindparam, create_engine, event, text
-from sqlalchemy.engine import Connection, Engine, make_url
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
@@ -58,7 +58,7 @@ from ..core.events import (
     stream_of,
     to_payload,
 )
-from ..core.projections import ClosedCycle, Fact, LedgerState, Projector, Recorded
+from ..core.projections import CONTRACT_LISTS, ClosedCycle, Fact, LedgerState, Projector, Recorded, Renewal
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
 from .tables import COLUMNS, PG_TRIGGER_FUNCTION, PG_TRUNCATE_TRIGGER, SQLITE_REPLACE_TRIGGERS, TABLE, TRIGGERS
 
@@ -66,10 +66,10 @@ try:  # the native chain checker (setup.py); optional: without it the Python ver
     from . import _chain_sqlite
 except ImportError:  # pragma: no cover - only where the C part did not build
     _chain_sqlite = None
-try:  # the native reader of service costs (setup.py); optional: without it a fold reads them in Python
-    from . import _costs_sqlite
+try:  # the native reader of contracts' costs, expansions, renewals (setup.py); optional: else read in Python
+    from . import _contract_facts_sqlite
 except ImportError:  # pragma: no cover - only where the C part did not build
-    _costs_sqlite = None
+    _contract_facts_sqlite = None
 
 __all__ = [
     "Ledger",
@@ -477,37 +477,41 @@ def _fold(rows: Iterable[Any], projector: Projector, engine_columns: Callable[[i
 # below this many rows a fold reads every row in Python: the native reader's thread and its own pass over
 # the table would cost more than they save
 NATIVE_FOLD_ROWS = 100_000
+_LIST_TYPES = tuple(CONTRACT_LISTS)
 
 
-def _fold_costs_apart(conn: Connection, path: str, projector: Projector, after: int, upto: int | None) -> bool:
-    """``_fold`` of the rows ``after < position <= upto``, the service costs apart: the native reader
-    (``_costs_sqlite``, on a connection of its own) reads them in a thread that does not hold the GIL while
-    Python folds the other rows, then each contract's costs go into the state in one step
-    (``Projector.service_costs``: a contract's costs depend on nothing but the contract, so taking them
-    after the other facts leaves the state a fold in position order leaves; a test compares the digests).
-    Where the reader declines (see the C file), the cost rows are folded in Python after the others.
-    False, having folded nothing, when the range holds fewer than ``NATIVE_FOLD_ROWS`` rows."""
+def _fold_lists_apart(conn: Connection, path: str, projector: Projector, after: int, upto: int | None) -> bool:
+    """``_fold`` of the rows ``after < position <= upto``, the facts a contract keeps in lists apart (service
+    costs, expansions, renewals: most of a ledger's rows). The native reader (``_contract_facts_sqlite``, on
+    a connection of its own) reads them in a thread that does not hold the GIL while Python folds the other
+    rows, then each contract's list of each type goes into the state in one step
+    (``Projector.contract_lists``: no other step reads these lists, so taking them after the other facts
+    leaves the state a fold in position order leaves; tests compare the digests). Where the reader
+    declines (see the C file), Python folds those rows after the others. False, having folded nothing,
+    when the range holds fewer than ``NATIVE_FOLD_ROWS`` rows."""
     head = head_position(conn)  # this read opens the snapshot both folds of this connection see
     last = head if upto is None else min(head, upto)
     if last - after < NATIVE_FOLD_ROWS:
         return False
     scanned: list[Any] = []
     reader = threading.Thread(
-        target=lambda: scanned.append(_costs_sqlite.scan(path, after, last)), name="ledger-costs", daemon=True
+        target=lambda: scanned.append(_contract_facts_sqlite.scan(path, after, last)), name="ledger-lists", daemon=True
     )
     reader.start()
+    engine_columns = partial(_engine_columns, conn)
     try:
-        _fold(_stream(conn, _FOLD_COLUMNS, after, last, service_costs=False), projector, partial(_engine_columns, conn))
+        _fold(_stream(conn, _FOLD_COLUMNS, after, last, types=_LIST_TYPES, other_types=True), projector, engine_columns)
     finally:
         reader.join()
-    built = _costs_sqlite.facts(scanned[0], Fact, Decimal) if scanned and scanned[0] is not None else None
+    scan = scanned[0] if scanned else None
+    built = _contract_facts_sqlite.facts(scan, Fact, Renewal, Decimal) if scan is not None else None
     if built is None:
         others_last = projector.state.position
-        _fold(_stream(conn, _FOLD_COLUMNS, after, last, service_costs=True), projector, partial(_engine_columns, conn))
-        # the state's position is the range's last row's, a cost or not (the costs' fold left its own last)
+        _fold(_stream(conn, _FOLD_COLUMNS, after, last, types=_LIST_TYPES), projector, engine_columns)
+        # the state's position is the range's last row's, whichever fold read it
         projector.state.position = max(others_last, projector.state.position)
     else:
-        projector.service_costs(*built)
+        projector.contract_lists(*built)
     return True
 
 
@@ -582,12 +586,13 @@ def _stream(
     after: int = 0,
     upto: int | None = None,
     recorded_upto: str | None = None,
-    service_costs: bool | None = None,
+    types: tuple[str, ...] = (),
+    other_types: bool = False,
 ) -> Iterator[tuple[Any, ...]]:
-    """Rows ``after < position <= upto`` (and ``recorded_at <= recorded_upto``; only the service costs, or
-    all but them, when ``service_costs`` is True or False) in position order, as plain tuples straight from
-    the driver, in batches: a server-side cursor on PostgreSQL (constant memory), SQLite's lazy cursor.
-    Inside the connection's transaction, so the rows are one consistent snapshot."""
+    """Rows ``after < position <= upto`` (and ``recorded_at <= recorded_upto``; of the event ``types`` only,
+    or of every type but them with ``other_types``) in position order, as plain tuples straight from the
+    driver, in batches: a server-side cursor on PostgreSQL (constant memory), SQLite's lazy cursor. Inside
+    the connection's transaction, so the rows are one consistent snapshot."""
     mark = "?" if conn.dialect.paramstyle == "qmark" else "%s"
     clauses = [f"position > {mark}"]
     params: list[Any] = [after]
@@ -599,11 +604,11 @@ def _stream(
             recorded_upto += "T23:59:59.999999Z"
         clauses.append(f"recorded_at <= {mark}")
         params.append(recorded_upto)
-    if service_costs is not None:
+    if types:
         # SQLite's `+type`: the table in position order, not the (type, effective) index and a sort
         column = "+type" if conn.dialect.name == "sqlite" else "type"
-        clauses.append(f"{column} {'=' if service_costs else '<>'} {mark}")
-        params.append("service.cost")
+        clauses.append(f"{column} {'NOT IN' if other_types else 'IN'} ({', '.join([mark] * len(types))})")
+        params.extend(types)
     sql = f"SELECT {columns} FROM {TABLE} WHERE {' AND '.join(clauses)} ORDER BY position"
     if not conn.in_transaction():
         conn.begin()  # released (rolled back) when the caller's connection closes
@@ -957,10 +962,10 @@ class Ledger:
 
     def fold(self, projector: Projector, after: int = 0, upto: int | None = None) -> None:
         """Fold every event with ``after < position <= upto`` into ``projector`` (``_fold``: trusted,
-        fast; on an SQLite file, a long range with its service costs read apart: ``_fold_costs_apart``)."""
+        fast; on an SQLite file, a long range with its contracts' lists read apart: ``_fold_lists_apart``)."""
         with self._ready().connect() as conn:
-            path = _native_path(self.url, _costs_sqlite)
-            if path is None or not _fold_costs_apart(conn, path, projector, after, upto):
+            path = _native_path(self.url, _contract_facts_sqlite)
+            if path is None or not _fold_lists_apart(conn, path, projector, after, upto):
                 _fold(_stream(conn, _FOLD_COLUMNS, after, upto), projector, partial(_engine_columns, conn))
 
     def read_rows(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
@@ -1159,7 +1164,7 @@ def _server_verify(conn: Connection) -> tuple[bool, int] | None:
     return bad == 0 and gaps == 0, int(rows)
 
 
-def _native_path(url: str, module: Any) -> str | None:
+def _native_path(url: str | URL, module: Any) -> str | None:
     """The file of an SQLite file ledger, for a native ``module`` that opens it itself; None when native
     code does not apply (PostgreSQL, an in-memory database, the module not built, ``INCENTIVE_NATIVE=0``)."""
     if module is None or os.environ.get("INCENTIVE_NATIVE") == "0":
@@ -1300,7 +1305,12 @@ class Writer:
         return _read(self.conn, after, upto, None, validate)
 
     def fold(self, projector: Projector, after: int = 0) -> None:
-        _fold(_stream(self.conn, _FOLD_COLUMNS, after), projector, partial(_engine_columns, self.conn))
+        """As ``Ledger.fold``, inside this writer's transaction. The native reader sees only committed rows:
+        where this writer has appended (rows it does not see), it declines and Python reads those rows."""
+        conn = self.conn
+        path = _native_path(conn.engine.url, _contract_facts_sqlite)
+        if path is None or not _fold_lists_apart(conn, path, projector, after, None):
+            _fold(_stream(conn, _FOLD_COLUMNS, after), projector, partial(_engine_columns, conn))
 
     def stream_versions(self, stream_ids: Iterable[str]) -> dict[str, int]:
         """Current version of each stream (0 for a stream with no events yet)."""
