@@ -9,6 +9,8 @@
   (tests run in parallel under pytest-xdist).
 - ``ledger_url``: one fresh, *uninitialised* database URL of kind ``db_kind``.
 - ``ledger``: an initialised ``Ledger`` on ``ledger_url``.
+- ``blank_sqlite_ledger``: the file of an initialised, empty SQLite ledger, one per test module, for tests
+  that copy it and write rows of their own (cheaper than migrating a new file per example).
 """
 
 from __future__ import annotations
@@ -124,3 +126,11 @@ def module_pg_database(request: pytest.FixtureRequest, admin: Engine | None) -> 
     request.addfinalizer(drop)
     assert PG_URL is not None
     return make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.fixture(scope="module")
+def blank_sqlite_ledger(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("blank") / "ledger.db"
+    with Ledger(f"sqlite:///{path}") as led:
+        led.init()
+    return path

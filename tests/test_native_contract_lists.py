@@ -101,14 +101,6 @@ def test_the_worked_ledger_folds_to_one_state_every_way(tmp_path: Path, monkeypa
 START = date(2026, 1, 1)
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("costs") / "template.db"
-    with Ledger(f"sqlite:///{path}") as led:
-        led.init()
-    return path
-
-
 def _events(contracts: int, facts: list[tuple[int, int, int, int]]) -> list[Event]:
     """A rep, ``contracts`` contracts signed on START, and facts (kind, contract, day offset, cents) in the
     order given, kind 0 a service cost, 1 an expansion, 2 a renewal: their dates go back and forth."""
@@ -142,10 +134,15 @@ def _events(contracts: int, facts: list[tuple[int, int, int, int]]) -> list[Even
     cut=st.floats(0, 1),
 )
 def test_facts_out_of_date_order_fold_to_one_state_every_way(
-    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, contracts: int, facts: list[Any], cut: float
+    blank_sqlite_ledger: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    contracts: int,
+    facts: list[Any],
+    cut: float,
 ) -> None:
     path = tmp_path / f"ledger-{len(os.listdir(tmp_path))}.db"
-    shutil.copy(template, path)
+    shutil.copy(blank_sqlite_ledger, path)
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.writer() as w:
         w.append(_events(contracts, facts))
@@ -196,10 +193,10 @@ def _append_raw(path: Path, rows: list[tuple[str, str, str, str]]) -> None:
     ],
 )
 def test_a_payload_the_reader_declines_is_folded_in_python(
-    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, type_: str, payload: str, listed: str
+    blank_sqlite_ledger: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, type_: str, payload: str, listed: str
 ) -> None:
     path = tmp_path / "odd.db"
-    shutil.copy(template, path)
+    shutil.copy(blank_sqlite_ledger, path)
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.writer() as w:  # 2026-01-04 then 2026-01-02, of each kind
         w.append(_events(1, [(kind, 0, day, 100 * day) for kind in (0, 1, 2) for day in (3, 1)]))
@@ -222,9 +219,9 @@ def test_a_payload_the_reader_declines_is_folded_in_python(
 
 
 @needs_native
-def test_the_reader_declines_a_range_its_snapshot_does_not_hold(template: Path, tmp_path: Path) -> None:
+def test_the_reader_declines_a_range_its_snapshot_does_not_hold(blank_sqlite_ledger: Path, tmp_path: Path) -> None:
     path = tmp_path / "short.db"
-    shutil.copy(template, path)
+    shutil.copy(blank_sqlite_ledger, path)
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.writer() as w:
         w.append(_events(2, [(0, 0, 1, 100), (0, 1, 2, 200)]))
@@ -242,13 +239,13 @@ def test_the_reader_declines_a_range_its_snapshot_does_not_hold(template: Path, 
 
 @needs_native
 def test_a_writers_fold_reads_its_own_uncommitted_costs(
-    template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    blank_sqlite_ledger: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Inside a writer (a close that folds the whole ledger, a scorecard publication), the reader on its
     own connection does not see what the writer appended and not yet committed: it must decline, and the
     fold must still hold those costs."""
     path = tmp_path / "writer.db"
-    shutil.copy(template, path)
+    shutil.copy(blank_sqlite_ledger, path)
     ledger = Ledger(f"sqlite:///{path}")
     with ledger.writer() as w:
         w.append(_events(3, [(0, 0, 5, 100), (0, 1, 2, 200), (0, 2, 9, 300), (0, 0, 1, 400)]))

@@ -34,14 +34,6 @@ def test_the_native_checker_is_built() -> None:
     assert store._chain_sqlite is not None, "incentive_engine/shell/_chain_sqlite.c did not build (see setup.py)"
 
 
-@pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("native") / "template.db"
-    with Ledger(f"sqlite:///{path}") as led:
-        led.init()
-    return path
-
-
 Row = tuple[int, str, int, str, str, str | None, str, str, str, str]
 
 
@@ -63,9 +55,9 @@ def chained(records: list[tuple[str, str | None, str, str, str, dict[str, str]]]
     return rows
 
 
-def ledger_with(template: Path, where: Path, rows: list[Any]) -> str:
+def ledger_with(blank_sqlite_ledger: Path, where: Path, rows: list[Any]) -> str:
     path = where / f"ledger-{len(os.listdir(where))}.db"
-    shutil.copy(template, path)
+    shutil.copy(blank_sqlite_ledger, path)
     con = sqlite3.connect(path, isolation_level=None)
     try:
         con.executemany("INSERT INTO ledger_event VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
@@ -122,9 +114,9 @@ RECORDS = st.lists(
 @given(records=RECORDS)
 @example(records=[(ODD, ODD, ODD, ODD, ODD, {ODD: ODD})] * 2)
 @example(records=[(c, c, c, c, c, {c: c}) for c in ODD])
-def test_both_accept_every_well_chained_ledger(template: Path, tmp_path: Path, records: list[Any]) -> None:
+def test_both_accept_every_well_chained_ledger(blank_sqlite_ledger: Path, tmp_path: Path, records: list[Any]) -> None:
     rows = chained(records)
-    native, (bad, count) = both(ledger_with(template, tmp_path, rows))
+    native, (bad, count) = both(ledger_with(blank_sqlite_ledger, tmp_path, rows))
     assert bad is None and count == len(rows)
     assert native == (True, len(rows))
 
@@ -140,7 +132,7 @@ EDITS = [
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=RECORDS, at=st.integers(0, 7), edit=st.sampled_from(EDITS))
 def test_the_native_checker_rejects_whatever_the_python_verifier_rejects(
-    template: Path, tmp_path: Path, records: list[Any], at: int, edit: tuple[int, Any]
+    blank_sqlite_ledger: Path, tmp_path: Path, records: list[Any], at: int, edit: tuple[int, Any]
 ) -> None:
     rows = [list(r) for r in chained(records)]
     column, value = edit
@@ -149,7 +141,7 @@ def test_the_native_checker_rejects_whatever_the_python_verifier_rejects(
         return  # not an edit
     row[column] = value
     try:
-        path = ledger_with(template, tmp_path, rows)
+        path = ledger_with(blank_sqlite_ledger, tmp_path, rows)
     except sqlite3.IntegrityError:  # the edit collides with a unique key: the table itself refuses it
         assume(False)
     native, (bad, count) = both(path)
@@ -280,7 +272,9 @@ def test_the_server_rejects_whatever_the_python_verifier_rejects(
 
 @needs_native
 @pytest.mark.parametrize("version", [3, 5, 0])
-def test_two_threads_join_stream_versions_at_the_boundary(template: Path, tmp_path: Path, version: int) -> None:
+def test_two_threads_join_stream_versions_at_the_boundary(
+    blank_sqlite_ledger: Path, tmp_path: Path, version: int
+) -> None:
     """Split in two, a stream's first version in the second half must follow its last in the first: a
     version that does not (R1 at 1 in the first half, at ``version`` in the second) is refused by both
     verifiers, though each half alone looks consecutive and every hash is right."""
@@ -295,7 +289,7 @@ def test_two_threads_join_stream_versions_at_the_boundary(template: Path, tmp_pa
     rows[3][2] = version
     prev = rows[2][9]
     rows[3][9] = chain_hash(prev, RECORD_TEXT(*rows[3][:8]))  # the edited row re-chained: only its version is wrong
-    path = ledger_with(template, tmp_path, [tuple(r) for r in rows])
+    path = ledger_with(blank_sqlite_ledger, tmp_path, [tuple(r) for r in rows])
     native, (bad, _) = both(path)  # (both also checks that the two-thread verdict is the one-thread one)
     assert bad is not None and native is not None and native[0] is False
     assert store._chain_sqlite.verify(path, 1)[0] is False
