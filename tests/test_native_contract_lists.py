@@ -60,21 +60,29 @@ def test_the_native_reader_is_built() -> None:
     )
 
 
-def _folds(ledger: Ledger, monkeypatch: pytest.MonkeyPatch, after: int = 0, upto: int | None = None) -> list[str]:
+def _folds(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch, after: int = 0, upto: int | None = None, *, native: bool = True
+) -> list[str]:
     """Digests of the range folded with the lists read natively, with them read in Python after the other
-    rows (the reader disabled inside the split fold), and in position order (no split)."""
+    rows (the reader disabled inside the split fold), and in position order (no split). ``native``: whether
+    the first way must have taken the reader's lists (else it must have declined them)."""
     out = []
-    for native, threshold in (("1", 0), ("0", 0), ("0", 10**12)):
-        monkeypatch.setenv("INCENTIVE_NATIVE", native)
-        monkeypatch.setattr(store, "NATIVE_FOLD_ROWS", threshold)
-        if native == "0" and threshold == 0:  # the split fold without the reader: its Python fallback
-            monkeypatch.setenv("INCENTIVE_NATIVE", "1")
+    for variant in ("native", "split in Python", "in order"):
+        monkeypatch.setenv("INCENTIVE_NATIVE", "0" if variant == "in order" else "1")
+        monkeypatch.setattr(store, "NATIVE_FOLD_ROWS", 0)
+        taken: list[bool] = []
+        real = store._contract_facts_sqlite.facts
+        monkeypatch.setattr(
+            store._contract_facts_sqlite, "facts", lambda *a, _t=taken, _f=real: _t.append(True) or _f(*a)
+        )
+        if variant == "split in Python":  # the split fold without the reader: its Python fallback
             monkeypatch.setattr(store._contract_facts_sqlite, "scan", lambda *_: None)
         projector = Projector()
         if after:
             ledger.fold(projector, upto=after)
         ledger.fold(projector, after=after, upto=upto)
         out.append(state_digest(projector.state))
+        assert bool(taken) == (native and variant == "native"), (variant, taken)
         monkeypatch.undo()
     return out
 
@@ -206,7 +214,7 @@ def test_a_payload_the_reader_declines_is_folded_in_python(
     head = ledger.head()[0]
     assert store._contract_facts_sqlite.scan(str(path), 0, head) is None  # declined: the whole range to Python
     assert store._contract_facts_sqlite.scan(str(path), head - 1, head) is not None  # the last row is canonical
-    digests = _folds(ledger, monkeypatch)
+    digests = _folds(ledger, monkeypatch, native=False)
     assert len(set(digests)) == 1, digests
     monkeypatch.setattr(store, "NATIVE_FOLD_ROWS", 0)
     projector = Projector()

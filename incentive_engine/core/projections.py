@@ -387,6 +387,7 @@ class Projector:
 # the facts a contract keeps in a list, by event type: the list (each in (effective, position) order)
 CONTRACT_LISTS = {"service.cost": "service_costs", "contract.expanded": "expansions", "contract.renewed": "renewals"}
 _by_date = attrgetter("effective", "position")
+
 _new_tuple = tuple.__new__
 
 

@@ -515,6 +515,14 @@ def _fold_lists_apart(conn: Connection, path: str, projector: Projector, after: 
     return True
 
 
+def _fold_range(conn: Connection, projector: Projector, after: int, upto: int | None) -> None:
+    """``Ledger.fold`` and ``Writer.fold``: on an SQLite file, a long range with its contracts' lists read
+    apart (``_fold_lists_apart``); else every row in position order (``_fold``)."""
+    path = _native_path(conn.engine.url, _contract_facts_sqlite)
+    if path is None or not _fold_lists_apart(conn, path, projector, after, upto):
+        _fold(_stream(conn, _FOLD_COLUMNS, after, upto), projector, partial(_engine_columns, conn))
+
+
 def _closed_cycle(position: int, recorded_at: str, stream_id: str, payload: str) -> ClosedCycle | None:
     """A ``cycle.closed`` row's projection with its lines left as the JSON text they are in the payload
     (``ClosedCycle``: most of a cycle's payload, and of a replayed state), or None when the payload is not
@@ -964,9 +972,7 @@ class Ledger:
         """Fold every event with ``after < position <= upto`` into ``projector`` (``_fold``: trusted,
         fast; on an SQLite file, a long range with its contracts' lists read apart: ``_fold_lists_apart``)."""
         with self._ready().connect() as conn:
-            path = _native_path(self.url, _contract_facts_sqlite)
-            if path is None or not _fold_lists_apart(conn, path, projector, after, upto):
-                _fold(_stream(conn, _FOLD_COLUMNS, after, upto), projector, partial(_engine_columns, conn))
+            _fold_range(conn, projector, after, upto)
 
     def read_rows(self, after: int = 0, upto: int | None = None) -> Iterator[tuple[Any, ...]]:
         """Raw rows in position order, columns as ``tables.COLUMNS``: (position, stream_id,
@@ -1307,10 +1313,7 @@ class Writer:
     def fold(self, projector: Projector, after: int = 0) -> None:
         """As ``Ledger.fold``, inside this writer's transaction. The native reader sees only committed rows:
         where this writer has appended (rows it does not see), it declines and Python reads those rows."""
-        conn = self.conn
-        path = _native_path(conn.engine.url, _contract_facts_sqlite)
-        if path is None or not _fold_lists_apart(conn, path, projector, after, None):
-            _fold(_stream(conn, _FOLD_COLUMNS, after), projector, partial(_engine_columns, conn))
+        _fold_range(self.conn, projector, after, None)
 
     def stream_versions(self, stream_ids: Iterable[str]) -> dict[str, int]:
         """Current version of each stream (0 for a stream with no events yet)."""
