@@ -377,6 +377,20 @@ def test_fast_record_text_is_byte_identical_to_the_canonical_one(args: tuple[Any
 # --- idempotency lookups ------------------------------------------------------------------------
 
 
+def test_reading_at_positions_equals_picking_them_from_the_whole_read(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_at`` (``explain``'s facts) = the same positions picked out of ``read()``: validated events,
+    in position order, absent positions left out, across several IN lists."""
+    with ledger.writer() as w:
+        w.append(varied_events())
+    every = {rec.position: rec for rec in ledger.read()}
+    monkeypatch.setattr(store, "IN_CHUNK", 2)
+    for picks in ([], [3], [5, 1, 5, 9], list(range(-1, len(every) + 3)), [len(every), 2, 7, 4, 11]):
+        expected = [every[p] for p in sorted(set(picks)) if p in every]
+        assert ledger.read_at(picks) == expected, picks
+
+
 def test_event_id_and_content_hash_lookups(ledger: Ledger) -> None:
     evs = [hire(f"R{i}", event_id=f"hire-{i}") for i in range(1200)]  # more than one IN (...) chunk
     twice = ServiceCost(type="service.cost", effective=D("2026-03-01"), contract_id="C1", amount=Decimal("5"))

@@ -138,15 +138,10 @@ def _grouped(value: str) -> str:
 
 
 def _events_at(ledger: Ledger, positions: set[int], upto: int | None) -> dict[int, Event]:
-    found: dict[int, Event] = {}
-    if not positions:
-        return found
-    for rec in ledger.read(
-        after=min(positions) - 1, upto=max(positions) if upto is None else min(upto, max(positions))
-    ):
-        if rec.position in positions:
-            found[rec.position] = rec.event
-    return found
+    # the facts' rows by position (at M, reading every row between the first and the last of one rep's
+    # facts, validated, took about 11 of the 44 s of an `explain`)
+    wanted = [p for p in positions if upto is None or p <= upto]
+    return {rec.position: rec.event for rec in ledger.read_at(wanted)}
 
 
 def explain(
