@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 from pathlib import Path
 
 from rich.console import Console
@@ -34,7 +33,7 @@ def render_one(book: PlanBook, state: LedgerState, rep_id: str, through: str | N
     from . import statement_render
 
     if fmt == "json":
-        return json.dumps(st, indent=2, ensure_ascii=False) + "\n"
+        return render.pretty_json(st) + "\n"
     if fmt == "csv":
         return statement_render.statement_csv(st)
     if fmt == "html":
@@ -54,7 +53,7 @@ def write_all(book: PlanBook, state: LedgerState, through: str | None, out: Path
     for rep_id in sorted(state.reps):
         st = build_statement(book, state, rep_id, period, issued)
         if fmt == "json":
-            text = json.dumps(st, indent=2, ensure_ascii=False) + "\n"
+            text = render.pretty_json(st) + "\n"
         elif fmt == "csv":
             text = statement_render.statement_csv(st)
         elif fmt == "html":
