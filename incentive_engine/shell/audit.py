@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from ..core.canonical import GENESIS_HASH, record_text
-from ..core.cycles import CycleResult, compute_cycle, cycle_from, line_json, paid_history, total_json
+from ..core.cycles import CycleResult, compute_cycle, cycle_from, history_of, line_json, total_json
 from ..core.dates import period_end
 from ..core.evaluation import Evaluation, evaluate_all
 from ..core.events import Event, to_payload
@@ -162,7 +162,9 @@ def explain(
     # those) and the manual adjustments, by the same rules and history as the whole cycle (at M, one
     # rep's closed month: 90.6 s with every obligation ever signed evaluated, 66.6 s so).
     mine = seen.contracts_by_person().get(rep_id, [])
-    history = paid_history(seen, period)
+    # the earlier cycles' lines, decoded once for what was paid and for what each last paying cycle saw
+    earlier = [(c, c.lines) for p, c in sorted(seen.cycles.items()) if p < period]
+    history = history_of(earlier)
     evaluated = evaluate_all(book, seen, period_end(period), contracts=mine)
     result = cycle_from(book, period, status, evaluated, history)
     evals = {e.obligation.obligation_id: (e, paid) for e, paid in result.evaluations if e.obligation.rep_id == rep_id}
@@ -178,7 +180,7 @@ def explain(
         wanted = [o for o in (*wanted, obligation) if o == obligation][:1]
         if obligation not in evals:
             raise CycleError(f"{obligation} is not an obligation of {rep_id} due by {period}")
-    last_paid_at = _last_line_positions(state, period)
+    last_paid_at = _last_line_positions(earlier)
     positions = {p for o in wanted if o in evals for p in evals[o][0].facts}
     events = _events_at(ledger, positions, upto)
     items = []
@@ -223,14 +225,14 @@ def explain(
     }
 
 
-def _last_line_positions(state: LedgerState, period: str) -> dict[str, tuple[int, date]]:
-    """For each obligation: what the last earlier cycle that issued a line for it saw (position, as-of)."""
+def _last_line_positions(
+    earlier: list[tuple[ClosedCycle, tuple[dict[str, Any], ...]]],
+) -> dict[str, tuple[int, date]]:
+    """For each obligation: what the last earlier cycle that issued a line for it saw (position, as-of);
+    ``earlier``: the cycles before the one explained, in period order, with their lines."""
     out: dict[str, tuple[int, date]] = {}
-    for p in sorted(state.cycles):
-        if p >= period:
-            break
-        c = state.cycles[p]
-        for x in c.lines:
+    for c, lines in earlier:
+        for x in lines:
             out[x["obligation"]] = (c.ledger_position, c.as_of)
     return out
 
