@@ -19,8 +19,10 @@ never ORM objects: appending and verifying run at tens to hundreds of thousands 
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import sqlite3
 import threading
 import types
 import typing
@@ -167,6 +169,9 @@ def _make_engine(url: str) -> Engine:
     backend = u.get_backend_name()
     if backend == "sqlite":
         memory = u.database in (None, "", ":memory:")
+        # where a thread checkpoints after each writer (``_Checkpointer``), SQLite's own checkpoint in the
+        # COMMIT stays only as a backstop
+        autocheckpoint = BACKSTOP_CHECKPOINT_PAGES if _sqlite_file(u) is not None else 16384
         engine = (
             create_engine(u, poolclass=StaticPool, hide_parameters=True)
             if memory
@@ -190,7 +195,7 @@ def _make_engine(url: str) -> Engine:
             cur.execute("PRAGMA synchronous = FULL")  # pay data: every commit reaches the disk
             cur.execute("PRAGMA foreign_keys = ON")
             cur.execute("PRAGMA cache_size = -65536")  # up to 64 MiB of pages: big appends touch many index pages
-            cur.execute("PRAGMA wal_autocheckpoint = 16384")
+            cur.execute(f"PRAGMA wal_autocheckpoint = {autocheckpoint}")
             cur.close()
 
         @event.listens_for(engine, "begin")
@@ -202,6 +207,97 @@ def _make_engine(url: str) -> Engine:
     if backend == "postgresql":
         return create_engine(u, hide_parameters=True)  # pay data stays out of error messages and logs
     raise EngineError(f"the ledger runs on SQLite or PostgreSQL, not {backend!r} ({u.render_as_string()})")
+
+
+def _sqlite_file(url: str | URL) -> str | None:
+    """The file of an SQLite file ledger named by a plain URL (no query options); else None."""
+    u = make_url(url)
+    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:") or u.query:
+        return None
+    return str(u.database)
+
+
+# --- the WAL checkpoint, beside the work ---------------------------------------------------------------
+#
+# SQLite's automatic checkpoint runs inside the COMMIT that takes the write-ahead log past its threshold:
+# the committing writer copies the log into the database file and syncs it before COMMIT returns. The
+# transaction is durable before that (the log is synced first); the copy is upkeep. Here a thread does it
+# after every writer's commit, beside whatever the process does next (the close after an ingest, the next
+# file's parsing), on its own connection, as SQLite's documentation suggests for applications that want
+# commits short. A process waits for its checkpoints before it exits (``atexit``), and ``Ledger.dispose``
+# waits for them, so every command still leaves the log copied into the file.
+
+BACKSTOP_CHECKPOINT_PAGES = 262_144  # SQLite's own checkpoint only past 1 GiB of log (4 KiB pages)
+
+
+class _Checkpointer:
+    """One per database file and process: ``request`` after a commit starts a thread that runs
+    ``PRAGMA wal_checkpoint(PASSIVE)`` (it blocks neither readers nor writers and waits for neither),
+    and runs it once more if another commit asked meanwhile."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.pid = os.getpid()
+        self.runs = 0
+        self.error: str | None = None  # the last failure (the log stays whole: nothing is lost)
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._again = False
+
+    def request(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                self._again = True
+                return
+            self._thread = threading.Thread(target=self._run, name="ledger-wal-checkpoint", daemon=True)
+            self._thread.start()
+
+    def wait(self) -> None:
+        with self._lock:
+            thread = self._thread
+        if thread is not None:
+            thread.join()
+
+    def _run(self) -> None:
+        while True:
+            self._checkpoint()
+            with self._lock:
+                if not self._again:
+                    self._thread = None
+                    return
+                self._again = False
+
+    def _checkpoint(self) -> None:
+        try:
+            con = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            try:
+                con.execute("PRAGMA synchronous = FULL")  # the file is synced, as the writer's checkpoint did
+                con.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+                self.runs += 1
+            finally:
+                con.close()
+        except sqlite3.Error as exc:
+            self.error = str(exc)
+
+
+_CHECKPOINTERS: dict[str, _Checkpointer] = {}
+_CHECKPOINTERS_LOCK = threading.Lock()
+
+
+def _checkpointer(path: str) -> _Checkpointer:
+    key = os.path.abspath(path)
+    with _CHECKPOINTERS_LOCK:
+        found = _CHECKPOINTERS.get(key)
+        if found is None or found.pid != os.getpid():  # a forked child has not its parent's thread
+            found = _CHECKPOINTERS[key] = _Checkpointer(path)
+        return found
+
+
+@atexit.register
+def _finish_checkpoints() -> None:
+    for checkpointer in list(_CHECKPOINTERS.values()):
+        if checkpointer.pid == os.getpid():
+            checkpointer.wait()
 
 
 def _placeholders(engine: Engine | Connection, n: int) -> str:
@@ -891,6 +987,9 @@ class Ledger:
         return str(self.engine.dialect.name)
 
     def dispose(self) -> None:
+        path = _sqlite_file(self.url)
+        if path is not None:
+            _checkpointer(path).wait()
         if self._engine is not None:
             self._engine.dispose(close=self._pid == os.getpid())
         self._engine = None
@@ -1045,6 +1144,8 @@ class Ledger:
                         conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_WRITER_LOCK})
                         conn.exec_driver_sql("SET LOCAL lock_timeout = DEFAULT")
                     yield conn
+            if sqlite and (path := _sqlite_file(self.url)) is not None:
+                _checkpointer(path).request()  # committed: the log is copied into the file beside the next work
         except DBAPIError as exc:
             timed_out = "locked" in str(exc.orig).lower() if sqlite else getattr(exc.orig, "sqlstate", None) == "55P03"
             if timed_out:
@@ -1187,10 +1288,7 @@ def _native_path(url: str | URL, module: Any) -> str | None:
     code does not apply (PostgreSQL, an in-memory database, the module not built, ``INCENTIVE_NATIVE=0``)."""
     if module is None or os.environ.get("INCENTIVE_NATIVE") == "0":
         return None
-    u = make_url(url)
-    if u.get_backend_name() != "sqlite" or u.database in (None, "", ":memory:") or u.query:
-        return None
-    return str(u.database)
+    return _sqlite_file(url)
 
 
 def _native_verify(url: str) -> tuple[bool, int] | None:
