@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -34,13 +35,16 @@ from incentive_engine.core.events import (
     ScorecardPublished,
     ServiceCost,
     TargetSet,
+    payload_json,
     stream_of,
     to_payload,
 )
 from incentive_engine.errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
-from incentive_engine.shell import store
+from incentive_engine.shell import service, store
 from incentive_engine.shell.store import Ledger, Writer
 from incentive_engine.shell.tables import COLUMNS, SQLModel
+
+from .ledgers import WORKED, reference_book
 
 D = date.fromisoformat
 TIMESTAMP = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{6}Z$")
@@ -355,6 +359,35 @@ def test_any_valid_events_round_trip_unchanged(ledger: Ledger, events: list[Even
     assert back == recorded
     assert [r.position for r in back] == list(range(start + 1, start + len(events) + 1))
     assert [r.stream_version for r in back] == expected_versions_of(events, before)
+
+
+@settings(max_examples=300, deadline=None)
+@given(event=any_event())
+def test_payload_json_is_the_canonical_payload(event: Event) -> None:
+    assert payload_json(event) == canonical_json(to_payload(event))
+
+
+@pytest.mark.parametrize("written", ["1e3", "1E+3", "0.0000001", "0.00000000", "12345.6789", "-0", "7"])
+def test_payload_json_writes_decimals_as_the_canonical_payload_does(written: str) -> None:
+    """Decimals as read from a file keep the exponent written ("1e3" is Decimal('1E+3')): both write it out."""
+    event = ServiceCost.model_validate(
+        {"type": "service.cost", "effective": "2026-03-01", "contract_id": "C1", "amount": written}
+    )
+    assert payload_json(event) == canonical_json(to_payload(event))
+
+
+def test_payload_json_of_every_event_a_worked_ledger_holds(tmp_path: Path) -> None:
+    """Every type the engine writes as well (plans, closed cycles with their nested lines, scorecards)."""
+    with Ledger(f"sqlite:///{tmp_path / 'worked.db'}") as ledger:
+        ledger.init()
+        results = service.ingest_files(ledger, sorted(WORKED.glob("*.jsonl")))
+        assert all(not r.problems for r in results)
+        book = reference_book()
+        service.close(ledger, book, "2026-03")
+        recorded = list(ledger.read())
+    assert len({r.event.type for r in recorded}) >= 8
+    for r in recorded:
+        assert payload_json(r.event) == canonical_json(to_payload(r.event)), r.event.type
 
 
 def test_every_event_type_has_the_fast_read_path() -> None:

@@ -8,9 +8,11 @@ can never smuggle in a closed cycle.
 
 from __future__ import annotations
 
+import json
 import re
 from datetime import date
 from decimal import Decimal
+from functools import cache
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from .canonical import canonical_json
 from .money import MoneyError, check_amount, exponent, parse_decimal
 
 # --- field types -------------------------------------------------------------------------------
@@ -403,6 +406,43 @@ def to_payload(event: Event) -> dict[str, Any]:
 
 
 _COMMON = frozenset(("type", "effective", "event_id"))
+
+
+def payload_json(event: Event) -> str:
+    """``canonical_json(to_payload(event))``, the same text, written out field by field for the flat
+    payloads every ingested line has (text, whole numbers, Decimals, dates) instead of through a dict and
+    the sorting encoder: twice as fast, and it runs for every line of every file. A value of any other
+    type (a scorecard's components, a subclass) sends the event down the general path."""
+    parts = []
+    fields = event.__dict__
+    for name in _payload_names(type(event)):
+        value = fields[name]
+        if value is None:
+            continue
+        kind = type(value)
+        if kind is str:
+            parts.append(f'"{name}":{_encode_str(value)}')
+        elif kind is Decimal:
+            parts.append(f'"{name}":"{value:f}"')
+        elif kind is int:
+            parts.append(f'"{name}":{value}')
+        elif kind is date:
+            parts.append(f'"{name}":"{value.isoformat()}"')
+        else:
+            return canonical_json(to_payload(event))
+    return "{" + ",".join(parts) + "}"
+
+
+@cache
+def _payload_names(cls: type[Event]) -> tuple[str, ...]:
+    """The payload's field names in canonical (sorted) order; plain identifiers, so no JSON escaping."""
+    names = tuple(sorted(n for n in cls.model_fields if n not in _COMMON))
+    if not all(n.isidentifier() and n.isascii() for n in names):  # pragma: no cover - the models' own names
+        raise TypeError(f"{cls.__name__}: a field name needs JSON escaping")
+    return names
+
+
+_encode_str = json.encoder.encode_basestring  # what canonical_json's encoder uses for a str (ensure_ascii=False)
 
 
 def _jsonable(value: Any) -> Any:

@@ -14,10 +14,10 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ..core.canonical import canonical_json, content_hash
+from ..core.canonical import content_hash
 from ..core.cycles import CycleResult, compute_cycle, cycle_event, lines_from_json, totals_from_json
 from ..core.dates import parse_period, period_end
-from ..core.events import Event, PlanRegistered, to_payload
+from ..core.events import Event, PlanRegistered, payload_json
 from ..core.plan import PlanBook
 from ..core.projections import ClosedCycle, LedgerState, Projector, Recorded, project
 from ..core.reading import read_events
@@ -135,7 +135,7 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
         return IngestResult(source, problems=problems)
     with ledger.writer() as w:
         state = _reference_state(ledger, w, [e for _, e in parsed])
-        payloads = [canonical_json(to_payload(e)) for _, e in parsed]  # once, for deduplication and append
+        payloads = [payload_json(e) for _, e in parsed]  # once, for deduplication and append
         new, skipped, found = _deduplicate(w, source, parsed, payloads)
         problems += found
         # reference rules run on every line that parsed, even when others did not: every error is reported

@@ -49,7 +49,7 @@ from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.pool import StaticPool
 
-from ..core.canonical import GENESIS_HASH, canonical_json, chain_hash, content_hash, record_text
+from ..core.canonical import GENESIS_HASH, chain_hash, content_hash, record_text
 from ..core.events import (
     COST_STREAM,
     ENGINE_TYPES,
@@ -57,8 +57,8 @@ from ..core.events import (
     LEGACY_COST_STREAM,
     Event,
     from_stored,
+    payload_json,
     stream_of,
-    to_payload,
 )
 from ..core.projections import CONTRACT_LISTS, ClosedCycle, Fact, LedgerState, Projector, Recorded, Renewal
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
@@ -1456,7 +1456,7 @@ class Writer:
 
         ``expected_versions`` maps a stream id to the version the caller decided on (0: no events);
         if any stream has moved on, raise ``ConcurrencyConflict`` and write nothing. ``payloads``, when
-        given, is ``canonical_json(to_payload(e))`` of each event, already computed by the caller;
+        given, is ``payload_json(e)`` (``canonical_json(to_payload(e))``) of each event, computed by the caller;
         ``content_hashes`` likewise ``content_hash`` of each (deduplication computed them).
         """
         conn = self.conn
@@ -1478,7 +1478,7 @@ class Writer:
         rows: list[tuple[Any, ...]] = []
         out: list[Recorded] = []
         if payloads is None:
-            payloads = [canonical_json(to_payload(ev)) for ev in events]
+            payloads = [payload_json(ev) for ev in events]
         if content_hashes is None:
             pairs = zip(events, payloads, strict=True)
             content_hashes = [content_hash(ev.type, ev.effective.isoformat(), p) for ev, p in pairs]
