@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import multiprocessing
+import os
 import re
 import uuid
 from collections.abc import Iterator
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from incentive_engine.core.canonical import GENESIS_HASH, canonical_json, content_hash, record_text
+from incentive_engine.core.canonical import GENESIS_HASH, canonical_json, chain_hash, content_hash, record_text
 from incentive_engine.core.events import (
     AdjustmentRecorded,
     ComplianceViolation,
@@ -396,15 +397,55 @@ def test_every_event_type_has_the_fast_read_path() -> None:
     assert [t for t in EVENT_CLASSES if store._fast_plan(t) is None] == []
 
 
-@given(
-    args=st.tuples(
-        st.integers(1, 2**62), st.text(), st.integers(1, 2**31), st.text(), st.text(), st.none() | st.text(),
-        st.text(), st.dictionaries(st.text(), st.text()).map(canonical_json),
-    )
+_record_fields = st.tuples(
+    st.integers(1, 2**62), st.text(), st.integers(1, 2**31), st.text(), st.text(), st.none() | st.text(),
+    st.text(), st.dictionaries(st.text(), st.text()).map(canonical_json),
 )  # fmt: skip
+
+
+@given(args=_record_fields)
 def test_fast_record_text_is_byte_identical_to_the_canonical_one(args: tuple[Any, ...]) -> None:
     assert store.RECORD_TEXT is store._record_text_fast  # the fast encoder was not rejected at import
     assert store._record_text_fast(*args) == record_text(*args)
+
+
+@pytest.mark.skipif(
+    store._chain_sqlite is None and not os.environ.get("CI"), reason="the native chain is not built here"
+)
+@given(prev=st.text("0123456789abcdef", min_size=64, max_size=64), rows=st.lists(_record_fields, max_size=6))
+def test_native_chain_hashes_are_the_canonical_ones(prev: str, rows: list[tuple[Any, ...]]) -> None:
+    """What an append writes (``store.chain_hashes``, in C) is what ``core.canonical`` computes, for any
+    text: quotes, backslashes, control characters, U+2028, astral characters; extra row items ignored."""
+    expected, p = [], prev
+    for row in rows:
+        p = chain_hash(p, record_text(*row))
+        expected.append(p)
+    assert store._chain_sqlite.chain(prev, [(*row, "content hash") for row in rows]) == expected
+    assert store.chain_hashes(prev, rows) == expected
+
+
+def test_chain_hashes_refuse_what_cannot_be_utf8_in_c_and_in_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = (1, "rep:\ud800", 1, "rep.hired", "2026-01-01", None, "2026-01-01T00:00:00.000000Z", "{}")
+    with pytest.raises(UnicodeEncodeError):
+        store.chain_hashes(GENESIS_HASH, [row])
+    monkeypatch.setenv("INCENTIVE_NATIVE", "0")
+    with pytest.raises(UnicodeEncodeError):
+        store.chain_hashes(GENESIS_HASH, [row])
+    good = (1, "rep:R1", 1, "rep.hired", "2026-01-01", None, "2026-01-01T00:00:00.000000Z", "{}")
+    assert store.chain_hashes(GENESIS_HASH, [good]) == [chain_hash(GENESIS_HASH, record_text(*good))]
+
+
+@pytest.mark.skipif(
+    store._chain_sqlite is None and not os.environ.get("CI"), reason="the native chain is not built here"
+)
+@pytest.mark.parametrize("prev", ["x", "", "é" * 70])
+def test_native_chain_takes_any_previous_hash_as_python_does(prev: str) -> None:
+    """A head written by someone bypassing the store may hold any text: both chains hash it as it is."""
+    row = (1, "rep:R1", 1, "rep.hired", "2026-01-01", None, "2026-01-01T00:00:00.000000Z", "{}")
+    assert store._chain_sqlite.chain(prev, [row, row]) == [
+        first := chain_hash(prev, record_text(*row)),
+        chain_hash(first, record_text(*row)),
+    ]
 
 
 # --- idempotency lookups ------------------------------------------------------------------------

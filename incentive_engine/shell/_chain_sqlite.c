@@ -12,6 +12,7 @@
  * untouched and tampered ledgers.
  *
  *   verify(path, split=0) -> (ok: bool, rows: int)   or None when the database cannot be opened read-only
+ *   chain(prev, rows) -> [hash, ...]                   the hashes an append writes (same record text, any database)
  *
  * With split > 0 and at least that many rows, two threads check the two halves of the positions, each on
  * its own read-only connection. That is sound because each row's hash is checked against the *stored*
@@ -412,9 +413,106 @@ static PyObject *verify(PyObject *self, PyObject *args) {
     return Py_BuildValue("(OL)", verdict == OK ? Py_True : Py_False, (long long)rows);
 }
 
+/* The appender's side of the same chain: chain(prev, rows) -> [hash, ...], where each row starts with the
+ * eight fields of core.canonical.record_text (position, stream_id, stream_version, type, effective,
+ * event_id or None, recorded_at, payload; more items are ignored) and each hash is core.canonical.chain_hash
+ * of the one before (prev for the first) and that row's record text. The record text is built as the
+ * checker above builds it from the stored columns, so what an append writes is what verify recomputes.
+ * Text that is not valid UTF-8 (a lone surrogate) raises as Python's own .encode("utf-8") does. */
+static int utf8_of(PyObject *row, Py_ssize_t i, const char **s, Py_ssize_t *n) {
+    PyObject *v = PyTuple_GET_ITEM(row, i);
+    if (!PyUnicode_Check(v)) {
+        PyErr_Format(PyExc_TypeError, "chain: row item %zd must be str", i);
+        return 0;
+    }
+    *s = PyUnicode_AsUTF8AndSize(v, n);
+    return *s != NULL;
+}
+
+static PyObject *chain(PyObject *self, PyObject *args) {
+    const char *start;
+    Py_ssize_t start_n;
+    PyObject *rows;
+    if (!PyArg_ParseTuple(args, "s#O", &start, &start_n, &rows)) return NULL;
+    PyObject *seq = PySequence_Fast(rows, "chain: rows must be a sequence");
+    if (!seq) return NULL;
+    Py_ssize_t n = PySequence_Fast_GET_SIZE(seq);
+    PyObject *out = PyList_New(n);
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    EVP_MD *md = EVP_MD_fetch(NULL, "SHA256", NULL);
+    buf_t rec = {0};
+    /* prev is taken as it is (a head's stored hash is 64 hex digits unless someone bypassed the store;
+     * the Python chain hashes whatever it is given, and so does this) */
+    char prev[64];
+    const char *link = start;
+    size_t link_n = (size_t)start_n;
+    int ok = out && ctx && md;
+    if (out && !ok) PyErr_SetString(PyExc_MemoryError, "chain: no digest context");
+    for (Py_ssize_t r = 0; ok && r < n; r++) {
+        PyObject *row = PySequence_Fast_GET_ITEM(seq, r);
+        if (!PyTuple_Check(row) || PyTuple_GET_SIZE(row) < 8) {
+            PyErr_SetString(PyExc_TypeError, "chain: each row must be a tuple of at least 8 items");
+            ok = 0;
+            break;
+        }
+        long long position = PyLong_AsLongLong(PyTuple_GET_ITEM(row, 0));
+        long long version = PyLong_AsLongLong(PyTuple_GET_ITEM(row, 2));
+        if (PyErr_Occurred()) {
+            ok = 0;
+            break;
+        }
+        const char *stream, *type, *eff, *eid = NULL, *at, *payload;
+        Py_ssize_t stream_n, type_n, eff_n, eid_n = 0, at_n, payload_n;
+        int has_eid = PyTuple_GET_ITEM(row, 5) != Py_None;
+        if (!utf8_of(row, 1, &stream, &stream_n) || !utf8_of(row, 3, &type, &type_n) ||
+            !utf8_of(row, 4, &eff, &eff_n) || (has_eid && !utf8_of(row, 5, &eid, &eid_n)) ||
+            !utf8_of(row, 6, &at, &at_n) || !utf8_of(row, 7, &payload, &payload_n)) {
+            ok = 0;
+            break;
+        }
+        rec.len = 0;
+        int built = PUT_LIT(&rec, "\n{\"effective\":") && buf_json_str(&rec, (const unsigned char *)eff, eff_n) &&
+                    PUT_LIT(&rec, ",\"event_id\":") &&
+                    (has_eid ? buf_json_str(&rec, (const unsigned char *)eid, eid_n) : PUT_LIT(&rec, "null")) &&
+                    PUT_LIT(&rec, ",\"payload\":") && buf_put(&rec, payload, payload_n) &&
+                    PUT_LIT(&rec, ",\"position\":") && buf_int(&rec, position) &&
+                    PUT_LIT(&rec, ",\"recorded_at\":") && buf_json_str(&rec, (const unsigned char *)at, at_n) &&
+                    PUT_LIT(&rec, ",\"stream_id\":") && buf_json_str(&rec, (const unsigned char *)stream, stream_n) &&
+                    PUT_LIT(&rec, ",\"stream_version\":") && buf_int(&rec, version) &&
+                    PUT_LIT(&rec, ",\"type\":") && buf_json_str(&rec, (const unsigned char *)type, type_n) &&
+                    PUT_LIT(&rec, "}");
+        char hx[64];
+        if (!built || !digest_hex(ctx, md, link, link_n, rec.data, rec.len, NULL, 0, hx)) {
+            PyErr_SetString(PyExc_MemoryError, "chain: out of memory or digest failure");
+            ok = 0;
+            break;
+        }
+        memcpy(prev, hx, 64);
+        link = prev;
+        link_n = 64;
+        PyObject *h = PyUnicode_FromStringAndSize(hx, 64);
+        if (!h) {
+            ok = 0;
+            break;
+        }
+        PyList_SET_ITEM(out, r, h);
+    }
+    EVP_MD_free(md);
+    EVP_MD_CTX_free(ctx);
+    free(rec.data);
+    Py_DECREF(seq);
+    if (!ok) {
+        Py_XDECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 static PyMethodDef methods[] = {
     {"verify", verify, METH_VARARGS,
      "verify(path, split=0) -> (ok, rows) or None: the hash chain of an SQLite ledger (in two threads from split rows)."},
+    {"chain", chain, METH_VARARGS,
+     "chain(prev, rows) -> [hash, ...]: core.canonical.chain_hash over each row's record text, from prev."},
     {NULL, NULL, 0, NULL},
 };
 

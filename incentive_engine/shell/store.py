@@ -355,6 +355,21 @@ def _pick_record_text() -> Callable[..., str]:
 RECORD_TEXT = _pick_record_text()
 
 
+def chain_hashes(prev: str, rows: Sequence[tuple[Any, ...]]) -> list[str]:
+    """The chain hash of each row after ``prev``: ``chain_hash(prev, record_text(*row[:8]))``, each from the
+    one before. Rows start with the eight record fields in ``record_text``'s order (more items are ignored).
+    In C where the chain checker is built (``_chain_sqlite.chain``: the record text the checker rebuilds
+    from stored rows, without a Python string per row); the same hashes in Python otherwise (a test compares)."""
+    if _chain_sqlite is not None and os.environ.get("INCENTIVE_NATIVE") != "0":
+        hashes: list[str] = _chain_sqlite.chain(prev, rows)
+        return hashes
+    out = []
+    for row in rows:
+        prev = chain_hash(prev, RECORD_TEXT(*row[:8]))
+        out.append(prev)
+    return out
+
+
 # --- reading rows back into events --------------------------------------------------------------
 
 
@@ -1475,7 +1490,7 @@ class Writer:
         now = self._clock()
         recorded_at = last_recorded if last_recorded is not None and last_recorded > now else now
         versions = dict(current)
-        rows: list[tuple[Any, ...]] = []
+        unhashed: list[tuple[Any, ...]] = []
         out: list[Recorded] = []
         if payloads is None:
             payloads = [payload_json(ev) for ev in events]
@@ -1489,15 +1504,11 @@ class Writer:
             type_ = ev.type
             effective = ev.effective.isoformat()
             event_id = ev.event_id
-            prev = chain_hash(
-                prev, RECORD_TEXT(position, stream_id, version, type_, effective, event_id, recorded_at, payload)
-            )
-            rows.append(
-                (
-                    position, stream_id, version, type_, effective, event_id, recorded_at, payload, ch, prev,
-                )
-            )  # fmt: skip
+            unhashed.append((position, stream_id, version, type_, effective, event_id, recorded_at, payload, ch))
             out.append(Recorded(position, recorded_at, stream_id, version, ev))
+        hashes = chain_hashes(prev, unhashed)
+        rows = [(*row, h) for row, h in zip(unhashed, hashes, strict=True)]
+        prev = hashes[-1]
         try:
             if self._sqlite:
                 self._insert_rows(rows)  # all or nothing: see ``_insert_rows``
