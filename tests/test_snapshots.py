@@ -33,7 +33,7 @@ from incentive_engine.core.events import (
     stream_of,
 )
 from incentive_engine.core.projections import project, state_digest
-from incentive_engine.core.validation import check_batch, entities_read
+from incentive_engine.core.validation import check_batch, contracts_read_in_full, entities_read
 from incentive_engine.errors import CycleError
 from incentive_engine.shell import obligations, render, service, store
 from incentive_engine.shell.store import Ledger
@@ -217,9 +217,41 @@ def test_a_file_checked_against_its_entities_alone_gets_the_whole_ledgers_answer
     rng.shuffle(later)
     batch = [FACT_ADAPTER.validate_python(f) for f in later]
     with ledger.writer() as w:
-        partial = store.entities_state(w.conn, *entities_read(batch))
+        partial = store.entities_state(w.conn, *entities_read(batch), in_full=contracts_read_in_full(batch))
         assert partial.position == w.head()[0]
         assert check_batch(partial, batch) == check_batch(project(w.read()), batch)
+    ledger.dispose()
+
+
+def test_only_an_expanded_contract_is_read_in_full(tmp_path):
+    """``entities_state`` reads a contract's whole history only where the file expands it: an expansion's
+    check needs the renewals and expansions before it (here the ACV is 15,000 only through them: against
+    the signing alone, -9,000 would take it below zero), a service cost only the signing and the churn."""
+    ledger = Ledger(f"sqlite:///{tmp_path / 'l.db'}")
+    ledger.init()
+    signed = {"type": "contract.signed", "account_id": "A", "rep_id": "R1", "currency": "EUR", "term_months": 12}
+    _ingest(ledger, [
+        {"type": "rep.hired", "effective": "2025-01-01", "rep_id": "R1", "name": "R", "role": "rep"},
+        {**signed, "effective": "2026-01-01", "contract_id": "C1", "acv": "100"},
+        {"type": "contract.renewed", "effective": "2027-01-01", "contract_id": "C1", "acv": "10000", "term_months": 12},
+        {"type": "contract.expanded", "effective": "2027-06-01", "contract_id": "C1", "acv_delta": "5000"},
+        {**signed, "effective": "2026-01-01", "contract_id": "C2", "acv": "100"},
+        {"type": "contract.churned", "effective": "2026-06-01", "contract_id": "C2", "reason": "x"},
+    ])  # fmt: skip
+    batch = [
+        FACT_ADAPTER.validate_python(f)
+        for f in [
+            {"type": "contract.expanded", "effective": "2027-07-01", "contract_id": "C1", "acv_delta": "-9000"},
+            {"type": "service.cost", "effective": "2026-07-01", "contract_id": "C2", "amount": "1"},
+            {"type": "service.cost", "effective": "2026-05-01", "contract_id": "C2", "amount": "1"},
+        ]
+    ]
+    with ledger.writer() as w:
+        whole = check_batch(project(w.read()), batch)
+        partial = store.entities_state(w.conn, *entities_read(batch), in_full=contracts_read_in_full(batch))
+        assert [(r.index, r.field) for r in whole] == [(1, "contract_id")]  # the cost after the churn
+        assert check_batch(partial, batch) == whole
+        assert len(partial.contracts["C1"].renewals) == 1 and not partial.contracts["C2"].renewals
     ledger.dispose()
 
 

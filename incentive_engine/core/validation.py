@@ -102,6 +102,15 @@ def entities_read(events: Sequence[Event]) -> tuple[set[str], set[str]]:
     return contracts, reps
 
 
+def contracts_read_in_full(events: Sequence[Event]) -> set[str]:
+    """Of the contracts ``entities_read`` names, those whose whole history the rules read: the ones a
+    ``contract.expanded`` of ``events`` names (its check replays the contract's ACV over every renewal and
+    expansion). For every other contract the rules read only its signing (date, currency) and its churns,
+    so ``shell.store.entities_state`` reads only those rows of it (most of a month's lines are service
+    costs of contracts with years of renewals behind them; a test compares the answers)."""
+    return {e.contract_id for e in events if isinstance(e, ContractExpanded)}
+
+
 def check_batch(state: LedgerState, events: Sequence[Event]) -> list[Rejection]:
     scratch = _Scratch(state)
     problems: list[Rejection] = []

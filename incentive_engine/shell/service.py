@@ -21,7 +21,7 @@ from ..core.events import Event, PlanRegistered, payload_json
 from ..core.plan import PlanBook
 from ..core.projections import ClosedCycle, LedgerState, Projector, Recorded, project
 from ..core.reading import read_events
-from ..core.validation import check_batch, entities_read
+from ..core.validation import check_batch, contracts_read_in_full, entities_read
 from ..errors import CycleError, InputError, Problem
 from . import obligations
 from .plans import book_from_registered
@@ -175,7 +175,7 @@ def _reference_state(ledger: Ledger, w: Writer, events: list[Event]) -> LedgerSt
     if ledger.url in _PROJECTIONS:
         return current_state(ledger, w)
     contracts, reps = entities_read(events)
-    return entities_state(w.conn, contracts, reps)
+    return entities_state(w.conn, contracts, reps, in_full=contracts_read_in_full(events))
 
 
 class _Abort(Exception):
