@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from incentive_engine.core.projections import project, state_digest
+from incentive_engine.errors import ConcurrencyConflict, EngineError
 from incentive_engine.shell import service
-from incentive_engine.shell.store import Ledger
+from incentive_engine.shell.store import Ledger, Writer
 
 from .cli import incentive, ok
 from .ledgers import WORKED
@@ -266,3 +267,117 @@ def test_replay_as_of_a_position_and_a_time(db):
     assert at["position"] == 16
     full = json.loads(ok("audit", "replay", "--format", "json", db=db))
     assert at["digest"] != full["digest"] and full["position"] == 17
+
+
+# --- the insert beside the check (service._append_beside_check) ------------------------------------------
+
+COSTS = [
+    {"type": "service.cost", "effective": "2026-02-01", "event_id": f"k{i}", "contract_id": "C1", "amount": f"{i}.00"}
+    for i in range(1, 1201)  # more rows than one INSERT statement takes
+]
+
+
+def _spy_inserts(monkeypatch) -> list[int]:
+    """The number of rows each ``Writer.insert`` wrote before it returned."""
+    written: list[int] = []
+    real = Writer.insert
+
+    def insert(self, prepared):
+        out = real(self, prepared)
+        written.append(len(out))
+        return out
+
+    monkeypatch.setattr(Writer, "insert", insert)
+    return written
+
+
+def _prepared(ledger: Ledger, tmp_path: Path) -> None:
+    service.forget_projections()
+    (result,) = service.ingest_files(ledger, [write(tmp_path / "base.jsonl", [*HIRES, signed("C1")])])
+    assert not result.problems
+
+
+def test_a_file_rejected_by_a_rule_takes_back_what_was_inserted_beside_the_check(ledger, tmp_path, monkeypatch):
+    """The rows go in while the rules run; a line the rules reject (the last one here) must still leave
+    the ledger exactly as it was, on both databases."""
+    _prepared(ledger, tmp_path)
+    before = ledger.head()
+    written = _spy_inserts(monkeypatch)
+    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
+    (result,) = service.ingest_files(ledger, [write(tmp_path / "f.jsonl", [*COSTS, unknown])])
+    assert [(p.line, p.field) for p in result.problems] == [(len(COSTS) + 1, "contract_id")]
+    assert written == [len(COSTS) + 1]  # the insert did run (speculatively) ...
+    assert ledger.head() == before  # ... and was rolled back
+    assert ledger.verify().ok
+    (again,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", COSTS)])
+    assert (again.appended, again.problems) == (len(COSTS), [])
+    assert ledger.head()[0] == before[0] + len(COSTS)
+
+
+def test_a_failed_insert_beside_the_check_is_raised_unless_the_rules_reject_the_file(ledger, tmp_path, monkeypatch):
+    _prepared(ledger, tmp_path)
+    before = ledger.head()
+
+    def broken(self, rows):
+        raise EngineError("disk full (simulated)")
+
+    monkeypatch.setattr(Writer, "_insert_rows", broken)
+    with pytest.raises(EngineError, match="disk full"):
+        service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS)])
+    assert ledger.head() == before
+    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
+    (result,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", [*COSTS, unknown])])
+    assert [p.field for p in result.problems] == ["contract_id"]  # the file's problem, not the insert's
+    assert ledger.head() == before
+
+
+def test_a_refused_append_is_raised_unless_the_rules_reject_the_file(ledger, tmp_path, monkeypatch):
+    """``Writer.prepare`` refusing the append (here: as if another writer had taken the keys) comes
+    before the insert starts; the rules still run, and their rejections are what the file gets."""
+    _prepared(ledger, tmp_path)
+    before = ledger.head()
+
+    def refused(self, *args, **kwargs):
+        raise ConcurrencyConflict("append refused (simulated)")
+
+    monkeypatch.setattr(Writer, "prepare", refused)
+    with pytest.raises(ConcurrencyConflict, match="simulated"):
+        service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS)])
+    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
+    (result,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", [*COSTS, unknown])])
+    assert [p.field for p in result.problems] == ["contract_id"]
+    assert ledger.head() == before
+
+
+def test_an_error_in_the_check_waits_for_the_insert_and_writes_nothing(ledger, tmp_path, monkeypatch):
+    _prepared(ledger, tmp_path)
+    before = ledger.head()
+    written = _spy_inserts(monkeypatch)
+
+    def failing(state, events):
+        raise RuntimeError("the check failed (simulated)")
+
+    monkeypatch.setattr(service, "check_batch", failing)
+    with pytest.raises(RuntimeError, match="simulated"):
+        service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS)])
+    assert written == [len(COSTS)]  # joined: the insert had finished before the writer rolled back
+    assert ledger.head() == before
+    assert ledger.verify().ok
+
+
+def test_a_ledger_without_a_second_connection_checks_on_the_writers(tmp_path):
+    """An in-memory SQLite ledger has one connection: its file's entities are read on the writer's
+    before the insert starts (no snapshot beside it); the answers are the same."""
+    assert Ledger(f"sqlite:///{tmp_path / 'l.db'}").reads_beside_writer
+    memory = Ledger("sqlite://")
+    assert not memory.reads_beside_writer
+    memory.init()
+    _prepared(memory, tmp_path)
+    before = memory.head()
+    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
+    (result,) = service.ingest_files(memory, [write(tmp_path / "f.jsonl", [*COSTS, unknown])])
+    assert [(p.line, p.field) for p in result.problems] == [(len(COSTS) + 1, "contract_id")]
+    assert memory.head() == before
+    (result,) = service.ingest_files(memory, [write(tmp_path / "g.jsonl", COSTS)])
+    assert result.appended == len(COSTS)
+    memory.dispose()

@@ -6,6 +6,7 @@ interrupted one leaves nothing behind."""
 from __future__ import annotations
 
 import gc
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -21,11 +22,11 @@ from ..core.events import Event, PlanRegistered, payload_json
 from ..core.plan import PlanBook
 from ..core.projections import ClosedCycle, LedgerState, Projector, Recorded, project
 from ..core.reading import read_events
-from ..core.validation import check_batch, contracts_read_in_full, entities_read
+from ..core.validation import Rejection, check_batch, contracts_read_in_full, entities_read
 from ..errors import CycleError, InputError, Problem
 from . import obligations
 from .plans import book_from_registered
-from .store import Ledger, Writer, entities_state, fold_sorted, hires, stream_rows
+from .store import Ledger, PreparedAppend, Writer, entities_state, fold_sorted, hires, stream_rows
 
 Progress = Callable[[int], None]
 
@@ -134,24 +135,80 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
     if not parsed:
         return IngestResult(source, problems=problems)
     with ledger.writer() as w:
-        state = _reference_state(ledger, w, [e for _, e in parsed])
         payloads = [payload_json(e) for _, e in parsed]  # once, for deduplication and append
         new, skipped, found = _deduplicate(w, source, parsed, payloads)
         problems += found
-        # reference rules run on every line that parsed, even when others did not: every error is reported
-        rejections = check_batch(state, [e for _, e, _, _ in new])
+        events = [e for _, e, _, _ in new]
+        if problems or not new:
+            # reference rules run on every line that parsed, even when others did not: every error is reported
+            recorded, rejections = [], check_batch(_reference_state(ledger, w, events), events)
+        elif not ledger.reads_beside_writer:  # one connection, one thread (an in-memory SQLite ledger)
+            rejections = check_batch(_reference_state(ledger, w, events), events)
+            recorded = [] if rejections else w.insert(_prepare(w, new))
+        elif ledger.url not in _PROJECTIONS:
+
+            def check() -> list[Rejection]:
+                # the file's entities read on a connection of their own, beside the writer's inserts: it
+                # sees the ledger as the writer found it (the inserts are uncommitted, and the writer's
+                # lock keeps anyone else from committing)
+                with ledger.snapshot() as conn:
+                    state = _entities_state(conn, events)
+                return check_batch(state, events)
+
+            recorded, rejections = _append_beside_check(w, new, check)
+        else:
+            state = _reference_state(ledger, w, events)
+            recorded, rejections = _append_beside_check(w, new, lambda: check_batch(state, events))
         problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
-        if problems:
+        if problems:  # the writer's transaction rolls back: nothing of the file stays written
             problems.sort(key=lambda p: p.line or 0)
             raise _Abort(IngestResult(source, skipped=skipped, problems=problems))
-        recorded = (
-            w.append([e for _, e, _, _ in new], payloads=[p for _, _, p, _ in new], content_hashes=[h for *_, h in new])
-            if new
-            else []
-        )
         head_hash = w.head()[1]
     _advance(ledger, recorded, head_hash)
     return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
+
+
+def _prepare(w: Writer, new: list[tuple[int, Event, str, str]]) -> PreparedAppend:
+    return w.prepare([e for _, e, _, _ in new], payloads=[p for _, _, p, _ in new], content_hashes=[h for *_, h in new])
+
+
+def _append_beside_check(
+    w: Writer, new: list[tuple[int, Event, str, str]], check: Callable[[], list[Rejection]]
+) -> tuple[list[Recorded], list[Rejection]]:
+    """Append a file's new events while the reference rules check them: the rows are built here, then a
+    thread inserts them (the database's own work, SQLite's inserts or PostgreSQL's COPY, done without the
+    GIL) while this thread runs the rules (pure Python over the state already read), so the two overlap
+    on two cores. The insert is speculative: if the rules reject a line, the caller aborts the writer,
+    whose transaction takes back what the thread inserted, and the rejections are what is reported (as
+    when the append ran only after the check: an append's own error is then not the file's problem).
+    The thread alone uses the writer until it is joined."""
+    try:
+        prepared = _prepare(w, new)
+    except Exception:
+        rejections = check()
+        if rejections:
+            return [], rejections
+        raise
+    outcome: list[list[Recorded] | BaseException] = []
+
+    def insert() -> None:
+        try:
+            outcome.append(w.insert(prepared))
+        except BaseException as exc:  # handed to the caller's thread, which decides what is reported
+            outcome.append(exc)
+
+    thread = threading.Thread(target=insert, name="ingest-insert", daemon=True)
+    thread.start()
+    try:
+        rejections = check()
+    finally:
+        thread.join()  # before anything else touches the writer, even on an error or an interrupt
+    (result,) = outcome
+    if rejections:
+        return [], rejections
+    if isinstance(result, BaseException):
+        raise result
+    return result, []
 
 
 def payroll_state(ledger: Ledger, period: str) -> LedgerState:
@@ -174,8 +231,12 @@ def _reference_state(ledger: Ledger, w: Writer, events: list[Event]) -> LedgerSt
     answers on both (a test compares them)."""
     if ledger.url in _PROJECTIONS:
         return current_state(ledger, w)
+    return _entities_state(w.conn, events)
+
+
+def _entities_state(conn: Connection, events: list[Event]) -> LedgerState:
     contracts, reps = entities_read(events)
-    return entities_state(w.conn, contracts, reps, in_full=contracts_read_in_full(events))
+    return entities_state(conn, contracts, reps, in_full=contracts_read_in_full(events))
 
 
 class _Abort(Exception):

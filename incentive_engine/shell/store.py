@@ -75,6 +75,7 @@ except ImportError:  # pragma: no cover - only where the C part did not build
 
 __all__ = [
     "Ledger",
+    "PreparedAppend",
     "VerifyReport",
     "Writer",
     "alembic_config",
@@ -1012,6 +1013,13 @@ class Ledger:
         """``sqlite`` or ``postgresql``."""
         return str(self.engine.dialect.name)
 
+    @property
+    def reads_beside_writer(self) -> bool:
+        """Whether a snapshot taken while this process holds the writer gets a connection of its own (not
+        an in-memory SQLite ledger's one shared connection, nor a URL with options this module does not
+        read), so that it can read while the writer's connection works in another thread."""
+        return self.dialect == "postgresql" or _sqlite_file(self.url) is not None
+
     def dispose(self) -> None:
         path = _sqlite_file(self.url)
         if path is not None:
@@ -1339,6 +1347,17 @@ def _first_line(exc: BaseException) -> str:
     return text_.splitlines()[0] if text_ else type(cause).__name__
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedAppend:
+    """An append's rows, built and chained by ``Writer.prepare``, written by ``Writer.insert``."""
+
+    rows: list[tuple[Any, ...]]
+    recorded: list[Recorded]
+    versions: dict[str, int]
+    event_ids: list[str]
+    head: tuple[int, str, str] | None  # (position, hash, recorded_at) after the append; None: nothing to write
+
+
 class Writer:
     """The exclusive writer, valid only inside ``with ledger.writer() as w:``. Everything it reads is
     the ledger as it stands under the lock, plus what it appended itself."""
@@ -1485,7 +1504,20 @@ class Writer:
         given, is ``payload_json(e)`` (``canonical_json(to_payload(e))``) of each event, computed by the caller;
         ``content_hashes`` likewise ``content_hash`` of each (deduplication computed them).
         """
-        conn = self.conn
+        return self.insert(self.prepare(events, expected_versions, payloads=payloads, content_hashes=content_hashes))
+
+    def prepare(
+        self,
+        events: Sequence[Event],
+        expected_versions: Mapping[str, int] | None = None,
+        *,
+        payloads: Sequence[str] | None = None,
+        content_hashes: Sequence[str] | None = None,
+    ) -> PreparedAppend:
+        """``append``'s reads and checks and its rows, chained, with nothing written: ``insert`` writes
+        them. Apart so that the insert (the database's work, without the GIL) can run in a thread while
+        the caller's thread does Python work (``service._append_beside_check``). Nothing may be appended
+        between the two."""
         streams = [stream_of(ev) for ev in events]
         current = self.stream_versions(set(streams) | set(expected_versions or ()))
         for stream_id, expected in (expected_versions or {}).items():
@@ -1495,7 +1527,7 @@ class Writer:
                     "(another writer got there first); nothing was written"
                 )
         if not events:
-            return []
+            return PreparedAppend([], [], {}, [], None)
         position, prev, last_recorded = self._head_full()
         self._refuse_taken_keys(events, position)
         now = self._clock()
@@ -1519,7 +1551,15 @@ class Writer:
             out.append(Recorded(position, recorded_at, stream_id, version, ev))
         hashes = chain_hashes(prev, unhashed)
         rows = [(*row, h) for row, h in zip(unhashed, hashes, strict=True)]
-        prev = hashes[-1]
+        event_ids = [ev.event_id for ev in events if ev.event_id]
+        return PreparedAppend(rows, out, versions, event_ids, (position, hashes[-1], recorded_at))
+
+    def insert(self, prepared: PreparedAppend) -> list[Recorded]:
+        """Write what ``prepare`` built (all or nothing) and move this writer's head past it."""
+        if prepared.head is None:
+            return []
+        conn = self.conn
+        rows = prepared.rows
         try:
             if self._sqlite:
                 self._insert_rows(rows)  # all or nothing: see ``_insert_rows``
@@ -1532,8 +1572,8 @@ class Writer:
             raise ConcurrencyConflict(
                 f"append refused by the ledger ({what}; another writer got there first?): {detail}; nothing was written"
             ) from exc
-        self._head = (position, prev, recorded_at)
-        self._versions.update(versions)
-        self._absent_ids.difference_update(ev.event_id for ev in events if ev.event_id)
-        refresh_statistics(conn, TABLE, len(rows), position)
-        return out
+        self._head = prepared.head
+        self._versions.update(prepared.versions)
+        self._absent_ids.difference_update(prepared.event_ids)
+        refresh_statistics(conn, TABLE, len(rows), prepared.head[0])
+        return prepared.recorded
