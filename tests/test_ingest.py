@@ -381,3 +381,18 @@ def test_a_ledger_without_a_second_connection_checks_on_the_writers(tmp_path):
     (result,) = service.ingest_files(memory, [write(tmp_path / "g.jsonl", COSTS)])
     assert result.appended == len(COSTS)
     memory.dispose()
+
+
+def test_the_insert_is_waited_for_through_a_second_interrupt():
+    """A Ctrl-C while the insert's thread is joined must not let the writer roll back under it."""
+    joins: list[int] = []
+
+    class Inserting:
+        def join(self) -> None:
+            joins.append(1)
+            if len(joins) == 1:
+                raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        service._join_through_interrupts(Inserting())
+    assert len(joins) == 2  # waited again after the interrupt, then raised it

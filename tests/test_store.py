@@ -610,6 +610,22 @@ def test_an_event_id_given_twice_in_one_append_is_refused_before_anything_is_ins
     assert [r.event.rep_id for r in ledger.read()] == ["R4"]  # type: ignore[attr-defined]
 
 
+def test_a_prepared_append_is_written_only_where_it_was_prepared(ledger: Ledger) -> None:
+    """``Writer.prepare`` numbers and chains rows after the head it saw: once anything else is appended,
+    its ``insert`` is refused (its positions and chain would collide), and the writer stays usable."""
+    with ledger.writer() as w:
+        stale = w.prepare([hire("R1")])
+        fresh = w.prepare([hire("R2")])
+        w.append([hire("R3")])
+        with pytest.raises(EngineError, match="built on position 0, but this writer's head is at 1"):
+            w.insert(stale)
+        assert [r.position for r in w.insert(w.prepare([hire("R4")]))] == [2]
+        with pytest.raises(EngineError, match="built on position 0"):
+            w.insert(fresh)
+    assert [r.event.rep_id for r in ledger.read()] == ["R3", "R4"]  # type: ignore[attr-defined]
+    assert ledger.verify().ok
+
+
 def test_an_id_looked_up_as_absent_is_taken_once_this_writer_appends_it(ledger: Ledger) -> None:
     """The writer remembers the ids it found absent (so an ingest's append does not look them up again);
     appending one must forget it, or a second append of the same id would reach the unique key."""

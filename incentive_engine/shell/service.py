@@ -202,13 +202,28 @@ def _append_beside_check(
     try:
         rejections = check()
     finally:
-        thread.join()  # before anything else touches the writer, even on an error or an interrupt
+        _join_through_interrupts(thread)
     (result,) = outcome
     if rejections:
         return [], rejections
     if isinstance(result, BaseException):
         raise result
     return result, []
+
+
+def _join_through_interrupts(thread: threading.Thread) -> None:
+    """Wait for the insert's thread before anything else touches the writer, even through a second
+    Ctrl-C: were the writer rolled back while the thread still inserts, SQLite would run the thread's next
+    statement outside any transaction and keep its rows. An interrupt is raised once the thread is done."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            thread.join()
+            break
+        except BaseException as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def payroll_state(ledger: Ledger, period: str) -> LedgerState:

@@ -1351,6 +1351,7 @@ def _first_line(exc: BaseException) -> str:
 class PreparedAppend:
     """An append's rows, built and chained by ``Writer.prepare``, written by ``Writer.insert``."""
 
+    base: int  # the writer's head position it was prepared on
     rows: list[tuple[Any, ...]]
     recorded: list[Recorded]
     versions: dict[str, int]
@@ -1527,8 +1528,9 @@ class Writer:
                     "(another writer got there first); nothing was written"
                 )
         if not events:
-            return PreparedAppend([], [], {}, [], None)
+            return PreparedAppend(-1, [], [], {}, [], None)
         position, prev, last_recorded = self._head_full()
+        base = position
         self._refuse_taken_keys(events, position)
         now = self._clock()
         recorded_at = last_recorded if last_recorded is not None and last_recorded > now else now
@@ -1552,12 +1554,17 @@ class Writer:
         hashes = chain_hashes(prev, unhashed)
         rows = [(*row, h) for row, h in zip(unhashed, hashes, strict=True)]
         event_ids = [ev.event_id for ev in events if ev.event_id]
-        return PreparedAppend(rows, out, versions, event_ids, (position, hashes[-1], recorded_at))
+        return PreparedAppend(base, rows, out, versions, event_ids, (position, hashes[-1], recorded_at))
 
     def insert(self, prepared: PreparedAppend) -> list[Recorded]:
         """Write what ``prepare`` built (all or nothing) and move this writer's head past it."""
         if prepared.head is None:
             return []
+        if self._head_full()[0] != prepared.base:  # its positions, versions and chain would be taken
+            raise EngineError(
+                f"a prepared append was built on position {prepared.base}, but this writer's head is at "
+                f"{self._head_full()[0]}; nothing was written"
+            )
         conn = self.conn
         rows = prepared.rows
         try:
