@@ -275,6 +275,7 @@ COSTS = [
     {"type": "service.cost", "effective": "2026-02-01", "event_id": f"k{i}", "contract_id": "C1", "amount": f"{i}.00"}
     for i in range(1, 1201)  # more rows than one INSERT statement takes
 ]
+UNKNOWN_COST = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
 
 
 def _spy_inserts(monkeypatch) -> list[int]:
@@ -303,8 +304,7 @@ def test_a_file_rejected_by_a_rule_takes_back_what_was_inserted_beside_the_check
     _prepared(ledger, tmp_path)
     before = ledger.head()
     written = _spy_inserts(monkeypatch)
-    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
-    (result,) = service.ingest_files(ledger, [write(tmp_path / "f.jsonl", [*COSTS, unknown])])
+    (result,) = service.ingest_files(ledger, [write(tmp_path / "f.jsonl", [*COSTS, UNKNOWN_COST])])
     assert [(p.line, p.field) for p in result.problems] == [(len(COSTS) + 1, "contract_id")]
     assert written == [len(COSTS) + 1]  # the insert did run (speculatively) ...
     assert ledger.head() == before  # ... and was rolled back
@@ -325,8 +325,7 @@ def test_a_failed_insert_beside_the_check_is_raised_unless_the_rules_reject_the_
     with pytest.raises(EngineError, match="disk full"):
         service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS)])
     assert ledger.head() == before
-    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
-    (result,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", [*COSTS, unknown])])
+    (result,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", [*COSTS, UNKNOWN_COST])])
     assert [p.field for p in result.problems] == ["contract_id"]  # the file's problem, not the insert's
     assert ledger.head() == before
 
@@ -343,8 +342,7 @@ def test_a_refused_append_is_raised_unless_the_rules_reject_the_file(ledger, tmp
     monkeypatch.setattr(Writer, "prepare", refused)
     with pytest.raises(ConcurrencyConflict, match="simulated"):
         service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS)])
-    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
-    (result,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", [*COSTS, unknown])])
+    (result,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", [*COSTS, UNKNOWN_COST])])
     assert [p.field for p in result.problems] == ["contract_id"]
     assert ledger.head() == before
 
@@ -374,8 +372,7 @@ def test_a_ledger_without_a_second_connection_checks_on_the_writers(tmp_path):
     memory.init()
     _prepared(memory, tmp_path)
     before = memory.head()
-    unknown = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
-    (result,) = service.ingest_files(memory, [write(tmp_path / "f.jsonl", [*COSTS, unknown])])
+    (result,) = service.ingest_files(memory, [write(tmp_path / "f.jsonl", [*COSTS, UNKNOWN_COST])])
     assert [(p.line, p.field) for p in result.problems] == [(len(COSTS) + 1, "contract_id")]
     assert memory.head() == before
     (result,) = service.ingest_files(memory, [write(tmp_path / "g.jsonl", COSTS)])
