@@ -139,26 +139,15 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
         new, skipped, found = _deduplicate(w, source, parsed, payloads)
         problems += found
         events = [e for _, e, _, _ in new]
+        rules = _reference_rules(ledger, w, events)
         if problems or not new:
             # reference rules run on every line that parsed, even when others did not: every error is reported
-            recorded, rejections = [], check_batch(_reference_state(ledger, w, events), events)
+            recorded, rejections = [], rules()
         elif not ledger.reads_beside_writer:  # one connection, one thread (an in-memory SQLite ledger)
-            rejections = check_batch(_reference_state(ledger, w, events), events)
+            rejections = rules()
             recorded = [] if rejections else w.insert(_prepare(w, new))
-        elif ledger.url not in _PROJECTIONS:
-
-            def check() -> list[Rejection]:
-                # the file's entities read on a connection of their own, beside the writer's inserts: it
-                # sees the ledger as the writer found it (the inserts are uncommitted, and the writer's
-                # lock keeps anyone else from committing)
-                with ledger.snapshot() as conn:
-                    state = _entities_state(conn, events)
-                return check_batch(state, events)
-
-            recorded, rejections = _append_beside_check(w, new, check)
         else:
-            state = _reference_state(ledger, w, events)
-            recorded, rejections = _append_beside_check(w, new, lambda: check_batch(state, events))
+            recorded, rejections = _append_beside_check(w, new, rules)
         problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
         if problems:  # the writer's transaction rolls back: nothing of the file stays written
             problems.sort(key=lambda p: p.line or 0)
@@ -235,6 +224,24 @@ def payroll_state(ledger: Ledger, period: str) -> LedgerState:
         if cycle is not None:
             fold_sorted(hires(conn, {f"rep:{t['rep_id']}" for t in cycle.totals}), projector)
     return projector.state
+
+
+def _reference_rules(ledger: Ledger, w: Writer, events: list[Event]) -> Callable[[], list[Rejection]]:
+    """The reference rules over a file's new ``events``, as a call. Where the ledger has a connection
+    beside the writer's and this process holds no projection, the call reads the file's entities itself,
+    on a snapshot, so that it can run beside the writer's insert (``_append_beside_check``): the snapshot
+    sees the ledger as the writer found it (the writer's own rows are uncommitted, and its lock keeps
+    anyone else from committing). Otherwise the state is read now, on the writer."""
+    if ledger.url in _PROJECTIONS or not ledger.reads_beside_writer:
+        state = _reference_state(ledger, w, events)
+        return lambda: check_batch(state, events)
+
+    def check() -> list[Rejection]:
+        with ledger.snapshot() as conn:
+            state = _entities_state(conn, events)
+        return check_batch(state, events)
+
+    return check
 
 
 def _reference_state(ledger: Ledger, w: Writer, events: list[Event]) -> LedgerState:
