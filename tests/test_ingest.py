@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import json
 import re
+import threading
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from incentive_engine.core import reading
 from incentive_engine.core.projections import project, state_digest
 from incentive_engine.errors import ConcurrencyConflict, EngineError
 from incentive_engine.shell import service
-from incentive_engine.shell.store import Ledger, Writer
+from incentive_engine.shell.store import AppendPipeline, Ledger, Writer, join_through_interrupts
 
 from .cli import incentive, ok
 from .ledgers import WORKED
@@ -269,7 +271,7 @@ def test_replay_as_of_a_position_and_a_time(db):
     assert at["digest"] != full["digest"] and full["position"] == 17
 
 
-# --- the insert beside the check (service._append_beside_check) ------------------------------------------
+# --- the append pipeline (store.AppendPipeline): batches inserted while the next is read and checked -----
 
 COSTS = [
     {"type": "service.cost", "effective": "2026-02-01", "event_id": f"k{i}", "contract_id": "C1", "amount": f"{i}.00"}
@@ -278,18 +280,32 @@ COSTS = [
 UNKNOWN_COST = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
 
 
-def _spy_inserts(monkeypatch) -> list[int]:
-    """The number of rows each ``Writer.insert`` wrote before it returned."""
+def _spy_writes(monkeypatch) -> tuple[list[int], threading.Event]:
+    """The number of rows each batch's insert wrote, and an event set once one has."""
     written: list[int] = []
-    real = Writer.insert
+    done = threading.Event()
+    real = Writer._write
 
-    def insert(self, prepared):
+    def write_(self, prepared):
         out = real(self, prepared)
         written.append(len(out))
+        done.set()
         return out
 
-    monkeypatch.setattr(Writer, "insert", insert)
-    return written
+    monkeypatch.setattr(Writer, "_write", write_)
+    return written, done
+
+
+def _check_after_an_insert(monkeypatch, done: threading.Event, then=None) -> None:
+    """The reference rules run only once the thread has inserted a batch (on a ledger whose reads beside
+    the writer see nothing of it), then ``then`` (or the real rules)."""
+    real = service.check_batch
+
+    def check(state, events):
+        assert done.wait(30)
+        return (then or real)(state, events)
+
+    monkeypatch.setattr(service, "check_batch", check)
 
 
 def _prepared(ledger: Ledger, tmp_path: Path) -> None:
@@ -303,7 +319,9 @@ def test_a_file_rejected_by_a_rule_takes_back_what_was_inserted_beside_the_check
     the ledger exactly as it was, on both databases."""
     _prepared(ledger, tmp_path)
     before = ledger.head()
-    written = _spy_inserts(monkeypatch)
+    written, done = _spy_writes(monkeypatch)
+    if ledger.reads_beside_writer:
+        _check_after_an_insert(monkeypatch, done)
     (result,) = service.ingest_files(ledger, [write(tmp_path / "f.jsonl", [*COSTS, UNKNOWN_COST])])
     assert [(p.line, p.field) for p in result.problems] == [(len(COSTS) + 1, "contract_id")]
     assert written == [len(COSTS) + 1]  # the insert did run (speculatively) ...
@@ -331,15 +349,15 @@ def test_a_failed_insert_beside_the_check_is_raised_unless_the_rules_reject_the_
 
 
 def test_a_refused_append_is_raised_unless_the_rules_reject_the_file(ledger, tmp_path, monkeypatch):
-    """``Writer.prepare`` refusing the append (here: as if another writer had taken the keys) comes
-    before the insert starts; the rules still run, and their rejections are what the file gets."""
+    """The pipeline refusing a batch (here: as if another writer had taken the keys) stops the sending;
+    the rules still run, and their rejections are what the file gets."""
     _prepared(ledger, tmp_path)
     before = ledger.head()
 
     def refused(self, *args, **kwargs):
         raise ConcurrencyConflict("append refused (simulated)")
 
-    monkeypatch.setattr(Writer, "prepare", refused)
+    monkeypatch.setattr(AppendPipeline, "send", refused)
     with pytest.raises(ConcurrencyConflict, match="simulated"):
         service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS)])
     (result,) = service.ingest_files(ledger, [write(tmp_path / "g.jsonl", [*COSTS, UNKNOWN_COST])])
@@ -350,17 +368,61 @@ def test_a_refused_append_is_raised_unless_the_rules_reject_the_file(ledger, tmp
 def test_an_error_in_the_check_waits_for_the_insert_and_writes_nothing(ledger, tmp_path, monkeypatch):
     _prepared(ledger, tmp_path)
     before = ledger.head()
-    written = _spy_inserts(monkeypatch)
+    written, done = _spy_writes(monkeypatch)
 
     def failing(state, events):
         raise RuntimeError("the check failed (simulated)")
 
-    monkeypatch.setattr(service, "check_batch", failing)
+    if ledger.reads_beside_writer:
+        _check_after_an_insert(monkeypatch, done, failing)
+    else:
+        monkeypatch.setattr(service, "check_batch", failing)
     with pytest.raises(RuntimeError, match="simulated"):
         service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS)])
-    assert written == [len(COSTS)]  # joined: the insert had finished before the writer rolled back
+    assert written == ([len(COSTS)] if ledger.reads_beside_writer else [])  # joined before the rollback
     assert ledger.head() == before
     assert ledger.verify().ok
+
+
+def _files_in_batches(tmp_path: Path) -> list[Path]:
+    """Files whose duplicates fall in different batches of 3 lines: an event id given twice (same content,
+    then different content), a cost without an id stored once and given twice, one given twice and new."""
+    twice = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "C1", "amount": "9.00"}
+    fresh = {"type": "service.cost", "effective": "2026-02-02", "contract_id": "C1", "amount": "8.00"}
+    first = write(tmp_path / "first.jsonl", [COSTS[0], twice])
+    second = write(
+        tmp_path / "second.jsonl",
+        [COSTS[1], twice, COSTS[2], fresh, COSTS[1], twice, COSTS[3], fresh, COSTS[0], COSTS[4]],
+    )
+    changed = dict(COSTS[2], amount="99.00")
+    bad = write(tmp_path / "bad.jsonl", [COSTS[5], COSTS[6], COSTS[7], changed, COSTS[2], dict(COSTS[1])])
+    return [first, second, bad]
+
+
+def test_a_file_in_batches_is_deduplicated_as_a_whole(tmp_path, db_kind, fresh_db_urls, monkeypatch):
+    """Lookups are of the ledger as it was before the file, whatever batch a line falls in: batches of 3
+    lines and one batch give the same appends, skips, problems and ledger."""
+    outcomes = []
+    for size in (3, 100_000):
+        url = fresh_db_urls(db_kind)
+        monkeypatch.setattr(reading, "BATCH_LINES", size)
+        ledger = Ledger(url)
+        ledger.init()
+        _prepared(ledger, tmp_path)
+        results = service.ingest_files(ledger, _files_in_batches(tmp_path))
+        state = project(ledger.read())
+        ledger.dispose()
+        outcomes.append(
+            ([(r.appended, r.skipped, [(p.line, p.field, p.reason) for p in r.problems]) for r in results],
+             state_digest(state))
+        )  # fmt: skip
+    assert outcomes[0] == outcomes[1]
+    (first, second, bad), _ = outcomes[0]
+    assert first[:2] == (2, 0)
+    # skipped: COSTS[1] the second time, COSTS[0] (stored), and one of the two ``twice`` (stored once);
+    # appended: the other ``twice``, both ``fresh`` (none stored), COSTS[1] once, COSTS[2], [3] and [4]
+    assert second[:2] == (7, 3)
+    assert [p[:2] for p in bad[2]] == [(4, "event_id")]
 
 
 def test_a_ledger_without_a_second_connection_checks_on_the_writers(tmp_path):
@@ -391,5 +453,5 @@ def test_the_insert_is_waited_for_through_a_second_interrupt():
                 raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        service._join_through_interrupts(Inserting())
+        join_through_interrupts(Inserting())
     assert len(joins) == 2  # waited again after the interrupt, then raised it

@@ -186,14 +186,16 @@ def triggers_dropped(url: str) -> Iterator[Any]:
             for name in c.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND tbl_name='ledger_event'"):
                 c.execute(f"DROP TRIGGER {name[0]}")
         else:
+            names = ("ledger_event_no_update", "ledger_event_no_delete", "ledger_event_no_truncate")
             saved = [
                 r[0]
                 for r in c.execute(
                     "SELECT pg_get_triggerdef(oid) FROM pg_trigger "
-                    "WHERE tgrelid = 'ledger_event'::regclass AND NOT tgisinternal"
+                    "WHERE tgrelid = 'ledger_event'::regclass AND NOT tgisinternal AND tgname = ANY(%s)",
+                    (list(names),),
                 )
             ]
-            for name in ("ledger_event_no_update", "ledger_event_no_delete", "ledger_event_no_truncate"):
+            for name in names:
                 c.execute(f"DROP TRIGGER {name} ON ledger_event")
         try:
             yield c

@@ -31,11 +31,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import create_engine
 from sqlalchemy.engine import make_url
 
 from incentive_engine.demo import generate
 from incentive_engine.shell import service
-from incentive_engine.shell.store import Ledger
+from incentive_engine.shell.store import Ledger, rebuild_contract_heads
 
 from .cli import incentive, ok
 from .reliability import raw, report
@@ -84,6 +85,12 @@ def rewind(url: str, keep: int) -> None:
                 c.execute("ALTER TABLE ledger_event DISABLE TRIGGER USER")
                 c.execute("DELETE FROM ledger_event WHERE position > %s", (keep,))
                 c.execute("ALTER TABLE ledger_event ENABLE TRIGGER USER")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as conn:  # the derived table a backup would carry along
+            rebuild_contract_heads(conn)
+    finally:
+        engine.dispose()
 
 
 class Probe:

@@ -40,6 +40,7 @@ from incentive_engine.core.events import (
     stream_of,
     to_payload,
 )
+from incentive_engine.core.projections import project
 from incentive_engine.errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
 from incentive_engine.shell import service, store
 from incentive_engine.shell.store import Ledger, Writer
@@ -188,7 +189,7 @@ def test_migrations_are_found_without_an_ini_file() -> None:
     cfg = store.alembic_config()
     assert (store.migrations_dir() / "versions" / "0001_ledger.py").is_file()
     assert cfg.get_main_option("script_location") == str(store.migrations_dir())
-    assert store.head_revision() == "0006"
+    assert store.head_revision() == "0007"
 
 
 def test_a_ledger_at_0003_upgrades_to_the_effective_content_index(ledger: Ledger) -> None:
@@ -216,6 +217,74 @@ def test_a_ledger_at_0003_upgrades_to_the_effective_content_index(ledger: Ledger
     assert ledger.verify().ok
     h = content_hash("service.cost", "2026-03-01", canonical_json(to_payload(twice)))
     assert ledger.content_hash_counts([("2026-03-01", h)]) == {h: 2}
+
+
+def _signing(cid: str, day: str, acv: str, **kw: Any) -> ContractSigned:
+    return ContractSigned(
+        type="contract.signed", effective=D(day), contract_id=cid, account_id=f"A-{cid}", rep_id="R1", acv=Decimal(acv),
+        currency="EUR", term_months=12, **kw,
+    )  # fmt: skip
+
+
+def _churn(cid: str, day: str, reason: str | None = None) -> ContractChurned:
+    return ContractChurned(type="contract.churned", effective=D(day), contract_id=cid, reason=reason)
+
+
+def _heads_against_the_fold(ledger: Ledger) -> None:
+    folded = project(ledger.read()).contracts
+    with ledger.snapshot() as conn:
+        heads = {c.contract_id: c for c in store.contract_heads(conn, [*folded, "NEVER-SIGNED"])}
+    assert set(heads) == set(folded)
+    for cid, c in folded.items():
+        signing_and_churn = (
+            c.contract_id, c.account_id, c.seller, c.currency, c.signed, c.acv0, c.term_months, c.gross_margin,
+            c.signed_position, c.churn,
+        )  # fmt: skip
+        h = heads[cid]
+        assert (
+            h.contract_id, h.account_id, h.seller, h.currency, h.signed, h.acv0, h.term_months, h.gross_margin,
+            h.signed_position, h.churn,
+        ) == signing_and_churn  # fmt: skip
+        assert not (h.renewals or h.expansions or h.reassignments or h.service_costs)
+
+
+def test_the_contract_heads_are_the_signing_and_churn_the_fold_makes(ledger: Ledger) -> None:
+    """``contract_head`` (migration 0007), kept by triggers as rows go in, then rebuilt by the upgrade from a
+    ledger at 0006, holds what the projection makes of each contract's signing and churn: the earliest
+    churn counts, a second signing (which the rules refuse, appended here past them) starts afresh."""
+    from alembic import command
+
+    append(ledger, [hire("R1"), _signing("C1", "2026-01-10", "1000.50", gross_margin=Decimal("0.40"))])
+    append(ledger, [
+        _signing("C2", "2026-02-01", "70"),
+        _churn("C1", "2027-06-01", "late"),
+        ContractRenewed(type="contract.renewed", effective=D("2027-01-10"), contract_id="C1", acv=Decimal("9"),
+                        term_months=12),
+        _churn("C1", "2027-03-01"),  # earlier: this one counts
+        _churn("C1", "2027-04-01", "later than the one that counts"),
+        _signing("C3", "2026-03-01", "5"),
+        _churn("C3", "2026-09-01", "gone"),
+        _signing("C3", "2026-10-01", "6"),  # again: the churn before it no longer counts
+    ])  # fmt: skip
+    _heads_against_the_fold(ledger)
+    with ledger.snapshot() as conn:
+        (c1,) = store.contract_heads(conn, ["C1"])
+    assert (c1.churn.effective, c1.churn.value, c1.acv0, c1.gross_margin) == (
+        D("2027-03-01"),
+        None,
+        Decimal("1000.50"),
+        Decimal("0.40"),
+    )
+    with ledger.engine.begin() as conn:
+        command.downgrade(store.alembic_config(connection=conn), "0006")
+    ledger.dispose()
+    ledger.init()  # the upgrade fills the table from the events already there
+    _heads_against_the_fold(ledger)
+    append(ledger, [_churn("C3", "2026-12-01", "after the upgrade")])  # and the triggers are back
+    _heads_against_the_fold(ledger)
+    with ledger.snapshot() as conn:
+        (c3,) = store.contract_heads(conn, ["C3"])
+    assert (c3.churn.effective, c3.churn.value, c3.acv0) == (D("2026-12-01"), "after the upgrade", Decimal("6"))
 
 
 def test_a_large_append_leaves_the_planner_statistics_on_postgresql(ledger: Ledger) -> None:

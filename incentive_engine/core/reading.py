@@ -162,26 +162,54 @@ def read_events(
     source: str, data: bytes, progress: Callable[[int], None] | None = None
 ) -> tuple[list[tuple[int, Event]], list[Problem]]:
     """Parse and validate a whole file. ``source`` names it in problems; the extension picks the format."""
+    events: list[tuple[int, Event]] = []
     problems: list[Problem] = []
+    for batch, found in read_event_batches(source, data, progress):
+        events += batch
+        problems += found
+    return events, problems
+
+
+# lines per batch: small enough that a file's first rows are inserted early, large enough that each
+# batch's lookups and INSERT statements are few (an M month's file: 7-10 batches)
+BATCH_LINES = 8000
+
+
+def read_event_batches(
+    source: str, data: bytes, progress: Callable[[int], None] | None = None, size: int | None = None
+) -> Iterator[tuple[list[tuple[int, Event]], list[Problem]]]:
+    """``read_events`` a batch of about ``size`` lines (``BATCH_LINES``) at a time, so that a caller can
+    write one batch while the next is read (``shell.service``): the same events and problems, in the same
+    order, split."""
+    size = size or BATCH_LINES
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        return [], [Problem(source, None, "(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        yield [], [Problem(source, None, "(file)", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]
+        return
     if "\x00" in text:
-        return [], [Problem(source, None, "(file)", "contains NUL bytes (binary file?)")]
+        yield [], [Problem(source, None, "(file)", "contains NUL bytes (binary file?)")]
+        return
     lower = source.lower()
     if lower.endswith(".jsonl") or lower.endswith(".ndjson"):
         rows = _jsonl_rows(source, text)
     elif lower.endswith(".csv"):
         rows = _csv_rows(source, text)
     else:
-        return [], [Problem(source, None, "(file)", "unknown file type: use .jsonl or .csv")]
+        yield [], [Problem(source, None, "(file)", "unknown file type: use .jsonl or .csv")]
+        return
     events: list[tuple[int, Event]] = []
+    problems: list[Problem] = []
     count = 0
+    any_events = any_problems = False
     for number, record, problem in rows:
         count += 1
         if progress is not None and count % 1000 == 0:
             progress(1000)
+        if count % size == 0:
+            yield events, problems
+            any_events, any_problems = any_events or bool(events), any_problems or bool(problems)
+            events, problems = [], []
         if problem is not None:
             problems.append(problem)
             continue
@@ -192,6 +220,6 @@ def read_events(
         else:
             assert event is not None
             events.append((number, event))
-    if not events and not problems:
+    if not (events or problems or any_events or any_problems):
         problems.append(Problem(source, None, "(file)", "no events in the file"))
-    return events, problems
+    yield events, problems

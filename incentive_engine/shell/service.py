@@ -6,7 +6,6 @@ interrupted one leaves nothing behind."""
 from __future__ import annotations
 
 import gc
-import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
@@ -21,12 +20,12 @@ from ..core.dates import parse_period, period_end
 from ..core.events import Event, PlanRegistered, payload_json
 from ..core.plan import PlanBook
 from ..core.projections import ClosedCycle, LedgerState, Projector, Recorded, project
-from ..core.reading import read_events
-from ..core.validation import Rejection, check_batch, contracts_read_in_full, entities_read
+from ..core.reading import read_event_batches
+from ..core.validation import check_batch, contracts_read_in_full, entities_read
 from ..errors import CycleError, InputError, Problem
 from . import obligations
 from .plans import book_from_registered
-from .store import Ledger, PreparedAppend, Writer, entities_state, fold_sorted, hires, stream_rows
+from .store import AppendPipeline, Ledger, Writer, entities_state, fold_sorted, hires, stream_rows
 
 Progress = Callable[[int], None]
 
@@ -131,88 +130,57 @@ def ingest_file(ledger: Ledger, path: Path, progress: Progress | None = None) ->
 
 
 def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None) -> IngestResult:
-    parsed, problems = read_events(source, data, progress)
-    if not parsed:
-        return IngestResult(source, problems=problems)
+    """The file's lines are read and validated a batch at a time (``read_event_batches``); each batch's
+    new events go to the writer's append pipeline, which inserts them in a thread while the next batch is
+    read; the reference rules then check every new event, beside the last inserts; and only if the whole
+    file passed does the writer commit. Any problem: the writer rolls back, and the file gets its every
+    problem (of reading, deduplication and the rules), nothing written."""
+    problems: list[Problem] = []
+    new: list[tuple[int, Event, str, str]] = []
+    refused: Exception | None = None  # the append's own refusal: raised unless the file has problems
     with ledger.writer() as w:
-        payloads = [payload_json(e) for _, e in parsed]  # once, for deduplication and append
-        new, skipped, found = _deduplicate(w, source, parsed, payloads)
-        problems += found
-        events = [e for _, e, _, _ in new]
-        rules = _reference_rules(ledger, w, events)
-        if problems or not new:
+        # a process that holds the whole ledger's projection brings it up to date before anything is inserted
+        state = current_state(ledger, w) if ledger.url in _PROJECTIONS else None
+        with _reads_beside(ledger) as reads, w.pipeline(reads) as pipeline:
+            deduplicate = _Deduplicator(source, pipeline)
+            for parsed, found in read_event_batches(source, data, progress):
+                problems += found
+                if not parsed:
+                    continue
+                payloads = [payload_json(e) for _, e in parsed]  # once, for deduplication and append
+                fresh, found = deduplicate(parsed, payloads)
+                problems += found
+                new += fresh
+                if fresh and not problems and refused is None:
+                    try:
+                        pipeline.send([e for _, e, _, _ in fresh], [p for _, _, p, _ in fresh], [h for *_, h in fresh])
+                    except Exception as exc:
+                        refused = exc
+            events = [e for _, e, _, _ in new]
             # reference rules run on every line that parsed, even when others did not: every error is reported
-            recorded, rejections = [], rules()
-        elif not ledger.reads_beside_writer:  # one connection, one thread (an in-memory SQLite ledger)
-            rejections = rules()
-            recorded = [] if rejections else w.insert(_prepare(w, new))
-        else:
-            recorded, rejections = _append_beside_check(w, new, rules)
-        problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in rejections]
-        if problems:  # the writer's transaction rolls back: nothing of the file stays written
-            problems.sort(key=lambda p: p.line or 0)
-            raise _Abort(IngestResult(source, skipped=skipped, problems=problems))
+            if state is None:
+                state = _entities_state(reads if reads is not None else w.conn, events)
+            problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in check_batch(state, events)]
+            if problems:  # the writer's transaction rolls back: nothing of the file stays written
+                problems.sort(key=lambda p: p.line or 0)
+                raise _Abort(IngestResult(source, skipped=deduplicate.skipped, problems=problems))
+            if refused is not None:
+                raise refused
+            recorded = pipeline.finish()
         head_hash = w.head()[1]
     _advance(ledger, recorded, head_hash)
-    return IngestResult(source, len(recorded), skipped, [], recorded[0].position if recorded else None)
+    return IngestResult(source, len(recorded), deduplicate.skipped, [], recorded[0].position if recorded else None)
 
 
-def _prepare(w: Writer, new: list[tuple[int, Event, str, str]]) -> PreparedAppend:
-    return w.prepare([e for _, e, _, _ in new], payloads=[p for _, _, p, _ in new], content_hashes=[h for *_, h in new])
-
-
-def _append_beside_check(
-    w: Writer, new: list[tuple[int, Event, str, str]], check: Callable[[], list[Rejection]]
-) -> tuple[list[Recorded], list[Rejection]]:
-    """Append a file's new events while the reference rules check them: the rows are built here, then a
-    thread inserts them (the database's own work, SQLite's inserts or PostgreSQL's COPY, done without the
-    GIL) while this thread runs the rules (pure Python over the state already read), so the two overlap
-    on two cores. The insert is speculative: if the rules reject a line, the caller aborts the writer,
-    whose transaction takes back what the thread inserted, and the rejections are what is reported (as
-    when the append ran only after the check: an append's own error is then not the file's problem).
-    The thread alone uses the writer until it is joined."""
-    try:
-        prepared = _prepare(w, new)
-    except Exception:
-        rejections = check()
-        if rejections:
-            return [], rejections
-        raise
-    outcome: list[list[Recorded] | BaseException] = []
-
-    def insert() -> None:
-        try:
-            outcome.append(w.insert(prepared))
-        except BaseException as exc:  # handed to the caller's thread, which decides what is reported
-            outcome.append(exc)
-
-    thread = threading.Thread(target=insert, name="ingest-insert", daemon=True)
-    thread.start()
-    try:
-        rejections = check()
-    finally:
-        _join_through_interrupts(thread)
-    (result,) = outcome
-    if rejections:
-        return [], rejections
-    if isinstance(result, BaseException):
-        raise result
-    return result, []
-
-
-def _join_through_interrupts(thread: threading.Thread) -> None:
-    """Wait for the insert's thread before anything else touches the writer, even through a second
-    Ctrl-C: were the writer rolled back while the thread still inserts, SQLite would run the thread's next
-    statement outside any transaction and keep its rows. An interrupt is raised once the thread is done."""
-    interrupted: BaseException | None = None
-    while True:
-        try:
-            thread.join()
-            break
-        except BaseException as exc:
-            interrupted = exc
-    if interrupted is not None:
-        raise interrupted
+@contextmanager
+def _reads_beside(ledger: Ledger) -> Iterator[Connection | None]:
+    """A snapshot beside the writer (taken under its lock: the ledger as the writer found it), where the
+    ledger has a second connection; else None (an in-memory SQLite ledger: the writer's reads itself)."""
+    if not ledger.reads_beside_writer:
+        yield None
+        return
+    with ledger.snapshot() as conn:
+        yield conn
 
 
 def payroll_state(ledger: Ledger, period: str) -> LedgerState:
@@ -224,36 +192,6 @@ def payroll_state(ledger: Ledger, period: str) -> LedgerState:
         if cycle is not None:
             fold_sorted(hires(conn, {f"rep:{t['rep_id']}" for t in cycle.totals}), projector)
     return projector.state
-
-
-def _reference_rules(ledger: Ledger, w: Writer, events: list[Event]) -> Callable[[], list[Rejection]]:
-    """The reference rules over a file's new ``events``, as a call. Where the ledger has a connection
-    beside the writer's and this process holds no projection, the call reads the file's entities itself,
-    on a snapshot, so that it can run beside the writer's insert (``_append_beside_check``): the snapshot
-    sees the ledger as the writer found it (the writer's own rows are uncommitted, and its lock keeps
-    anyone else from committing). Otherwise the state is read now, on the writer."""
-    if ledger.url in _PROJECTIONS or not ledger.reads_beside_writer:
-        state = _reference_state(ledger, w, events)
-        return lambda: check_batch(state, events)
-
-    def check() -> list[Rejection]:
-        with ledger.snapshot() as conn:
-            state = _entities_state(conn, events)
-        return check_batch(state, events)
-
-    return check
-
-
-def _reference_state(ledger: Ledger, w: Writer, events: list[Event]) -> LedgerState:
-    """What a file's reference rules are checked against. A process that keeps the whole ledger's
-    projection already (it replayed the ledger for something else) brings it up to date; any other reads
-    only the contracts and reps the file names, from their streams (``core.validation.entities_read``),
-    so that ``incentive ingest`` of a month's file costs in proportion to the file, not to the ledger's
-    length (on the M ledger it first replayed 1.9M events: 13-14 s and 1.2 GB). The rules give the same
-    answers on both (a test compares them)."""
-    if ledger.url in _PROJECTIONS:
-        return current_state(ledger, w)
-    return _entities_state(w.conn, events)
 
 
 def _entities_state(conn: Connection, events: list[Event]) -> LedgerState:
@@ -276,55 +214,71 @@ def ingest_files(ledger: Ledger, paths: list[Path], progress: Progress | None = 
     return results
 
 
-def _deduplicate(
-    ledger: Ledger | Writer, source: str, parsed: list[tuple[int, Event]], payloads: list[str]
-) -> tuple[list[tuple[int, Event, str, str]], int, list[Problem]]:
-    """Idempotent re-ingest: skip events already in the ledger (by event_id, else by content).
-    Returns the new events as (line, event, canonical payload, content hash)."""
-    hashes = [content_hash(e.type, e.effective.isoformat(), p) for (_, e), p in zip(parsed, payloads, strict=True)]
-    stored_ids = ledger.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
-    stored_counts = ledger.content_hash_counts(
-        [(e.effective.isoformat(), h) for (_, e), h in zip(parsed, hashes, strict=True) if not e.event_id]
-    )
-    seen_ids: dict[str, tuple[str, int]] = {}
-    new: list[tuple[int, Event, str, str]] = []
-    problems: list[Problem] = []
-    skipped = 0
-    for (line, event), h, payload in zip(parsed, hashes, payloads, strict=True):
-        if event.event_id:
-            earlier = stored_ids.get(event.event_id)
-            if earlier is None and event.event_id in seen_ids:
-                earlier, first_line = seen_ids[event.event_id]
-                if earlier != h:
-                    problems.append(
-                        Problem(
-                            source,
-                            line,
-                            "event_id",
-                            f"{event.event_id!r} is used on line {first_line} with different content",
+class _Deduplicator:
+    """Idempotent re-ingest: skip events already in the ledger (by event_id, else by content). Called on a
+    file's batches in order, it answers as on the whole file at once: every lookup is of the ledger as
+    it was before the file (``lookups``: the append pipeline's reads, beside the file's own rows), and
+    what the batches before taught it (the ids seen, the stored copies of a content used up) carries on."""
+
+    def __init__(self, source: str, lookups: AppendPipeline) -> None:
+        self.source = source
+        self.lookups = lookups
+        self.skipped = 0
+        self.seen_ids: dict[str, tuple[str, int]] = {}
+        self.stored_counts: dict[str, int] = {}
+
+    def __call__(
+        self, parsed: list[tuple[int, Event]], payloads: list[str]
+    ) -> tuple[list[tuple[int, Event, str, str]], list[Problem]]:
+        """The new events of a batch, as (line, event, canonical payload, content hash), and its problems."""
+        source, seen_ids, stored_counts = self.source, self.seen_ids, self.stored_counts
+        hashes = [content_hash(e.type, e.effective.isoformat(), p) for (_, e), p in zip(parsed, payloads, strict=True)]
+        stored_ids = self.lookups.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
+        unseen = [
+            (e.effective.isoformat(), h)
+            for (_, e), h in zip(parsed, hashes, strict=True)
+            if not e.event_id and h not in stored_counts
+        ]
+        found = self.lookups.content_hash_counts(unseen)
+        for _, h in unseen:
+            stored_counts.setdefault(h, found.get(h, 0))
+        new: list[tuple[int, Event, str, str]] = []
+        problems: list[Problem] = []
+        for (line, event), h, payload in zip(parsed, hashes, payloads, strict=True):
+            if event.event_id:
+                earlier = stored_ids.get(event.event_id)
+                if earlier is None and event.event_id in seen_ids:
+                    earlier, first_line = seen_ids[event.event_id]
+                    if earlier != h:
+                        problems.append(
+                            Problem(
+                                source,
+                                line,
+                                "event_id",
+                                f"{event.event_id!r} is used on line {first_line} with different content",
+                            )
                         )
-                    )
-                skipped += 1
-                continue
-            if earlier is not None:
-                if earlier != h:
-                    problems.append(
-                        Problem(
-                            source,
-                            line,
-                            "event_id",
-                            f"{event.event_id!r} is already in the ledger with different content",
+                    self.skipped += 1
+                    continue
+                if earlier is not None:
+                    if earlier != h:
+                        problems.append(
+                            Problem(
+                                source,
+                                line,
+                                "event_id",
+                                f"{event.event_id!r} is already in the ledger with different content",
+                            )
                         )
-                    )
-                skipped += 1
+                    self.skipped += 1
+                    continue
+                seen_ids[event.event_id] = (h, line)
+            elif stored_counts[h] > 0:
+                stored_counts[h] -= 1
+                self.skipped += 1
                 continue
-            seen_ids[event.event_id] = (h, line)
-        elif stored_counts.get(h, 0) > 0:
-            stored_counts[h] -= 1
-            skipped += 1
-            continue
-        new.append((line, event, payload, h))
-    return new, skipped, problems
+            new.append((line, event, payload, h))
+        return new, problems
 
 
 # --- cycles ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from __future__ import annotations
 import atexit
 import json
 import os
+import queue
 import sqlite3
 import threading
 import types
@@ -60,9 +61,17 @@ from ..core.events import (
     payload_json,
     stream_of,
 )
-from ..core.projections import CONTRACT_LISTS, ClosedCycle, Fact, LedgerState, Projector, Recorded, Renewal
+from ..core.projections import CONTRACT_LISTS, ClosedCycle, Contract, Fact, LedgerState, Projector, Recorded, Renewal
 from ..errors import ConcurrencyConflict, EngineError, LedgerNotInitialised
-from .tables import COLUMNS, PG_TRIGGER_FUNCTION, PG_TRUNCATE_TRIGGER, SQLITE_REPLACE_TRIGGERS, TABLE, TRIGGERS
+from .tables import (
+    COLUMNS,
+    CONTRACT_HEAD_TABLE,
+    PG_TRIGGER_FUNCTION,
+    PG_TRUNCATE_TRIGGER,
+    SQLITE_REPLACE_TRIGGERS,
+    TABLE,
+    TRIGGERS,
+)
 
 try:  # the native chain checker (setup.py); optional: without it the Python verifier does the work
     from . import _chain_sqlite
@@ -74,6 +83,7 @@ except ImportError:  # pragma: no cover - only where the C part did not build
     _contract_facts_sqlite = None
 
 __all__ = [
+    "AppendPipeline",
     "Ledger",
     "PreparedAppend",
     "VerifyReport",
@@ -84,6 +94,7 @@ __all__ = [
     "fold_sorted",
     "head_revision",
     "migrations_dir",
+    "rebuild_contract_heads",
     "refresh_statistics",
     "rows_where",
     "stream_rows",
@@ -824,19 +835,14 @@ def entities_state(
     conn: Connection, contract_ids: Iterable[str], rep_ids: Iterable[str], *, in_full: Iterable[str]
 ) -> LedgerState:
     """A state holding only the given contracts and reps (their hire and termination), folded in ledger
-    order from an indexed lookup per stream; its position is the ledger's head. What
-    ``core.validation.check_batch`` reads of a file's entities, at a cost in proportion to them rather
-    than to the ledger's length. Of the contracts in ``in_full`` (``core.validation.contracts_read_in_full``)
-    every fact but the service costs is read; of the others, only the signing and the churns: the rest of
-    their history (renewals, expansions, reassignments: 40% of the rows an M month's file named, and of
-    its check's time) changes no answer of the rules."""
+    order; its position is the ledger's head. What ``core.validation.check_batch`` reads of a file's
+    entities, at a cost in proportion to them rather than to the ledger's length. Of the contracts in
+    ``in_full`` (``core.validation.contracts_read_in_full``) every fact but the service costs is read from
+    their streams; each other one is its signing and its churn, one row of ``contract_head`` (migration
+    0007): the rest of its history (renewals, expansions, reassignments) changes no answer of the rules."""
     full = set(in_full)
     ids = set(contract_ids)
     rows = stream_rows(conn, [f"contract:{cid}" for cid in ids & full], "type <> 'service.cost'")
-    # (`type || ''`, an expression: looked up by stream, not through the (type, effective) index)
-    rows += stream_rows(
-        conn, [f"contract:{cid}" for cid in ids - full], "type || '' IN ('contract.signed', 'contract.churned')"
-    )
     # (not the reps' whole streams, which hold their KPIs, targets and scorecards: the hires one probe
     # each, the terminations, a few, by type)
     reps = {f"rep:{rid}" for rid in rep_ids}
@@ -844,9 +850,60 @@ def entities_state(
         rows += hires(conn, reps)
         rows += [r for r in rows_where(conn, "type = 'rep.terminated'", ()) if r[1] in reps]
     projector = Projector()
+    contracts = projector.state.contracts
+    for head in contract_heads(conn, ids - full):
+        contracts[head.contract_id] = head
     fold_sorted(rows, projector)
     projector.state.position = head_position(conn)
     return projector.state
+
+
+def contract_heads(conn: Connection, contract_ids: Iterable[str]) -> Iterator[Contract]:
+    """The given contracts (those signed) as their signing and churn make them, from ``contract_head``:
+    the same objects the fold of those two events builds, with no other fact in their lists."""
+    mark = "%s" if conn.dialect.paramstyle != "qmark" else "?"
+    for chunk in _chunks(contract_ids):
+        sql = (
+            f"SELECT contract_id, account_id, rep_id, currency, signed, acv, term_months, gross_margin, "
+            f"signed_position, churned, churn_position, churn_reason FROM {CONTRACT_HEAD_TABLE} "
+            f"WHERE contract_id IN ({', '.join([mark] * len(chunk))})"
+        )
+        for cid, account, rep, currency, signed, acv, term, margin, position, churned, churn_at, reason in driver_rows(
+            conn, sql, chunk
+        ):
+            yield Contract(
+                cid, account, rep, currency, _day(signed), Decimal(acv), term,
+                None if margin is None else Decimal(margin), position,
+                churn=None if churned is None else Fact(_day(churned), churn_at, reason),
+            )  # fmt: skip
+
+
+def _head_row(c: Contract) -> dict[str, Any]:
+    churn = c.churn
+    return {
+        "contract_id": c.contract_id, "signed_position": c.signed_position, "signed": c.signed.isoformat(),
+        "account_id": c.account_id, "rep_id": c.seller, "currency": c.currency, "acv": str(c.acv0),
+        "term_months": c.term_months, "gross_margin": None if c.gross_margin is None else str(c.gross_margin),
+        "churn_position": None if churn is None else churn.position,
+        "churned": None if churn is None else churn.effective.isoformat(),
+        "churn_reason": None if churn is None else churn.value,
+    }  # fmt: skip
+
+
+def rebuild_contract_heads(conn: Connection) -> int:
+    """Refill ``contract_head`` from the events: the projection's fold of every signing and churn. Its
+    triggers keep it as rows go in, and a copy of the whole database (a backup) carries it; this is for a
+    ``ledger_event`` put back without it (a restore of that table alone). Returns the number of rows."""
+    rows = rows_where(conn, "type IN ('contract.signed', 'contract.churned')", ())
+    projector = Projector()
+    fold_sorted(rows, projector)
+    heads = [_head_row(c) for c in projector.state.contracts.values()]
+    conn.execute(text(f"DELETE FROM {CONTRACT_HEAD_TABLE}"))
+    if heads:
+        names = list(heads[0])
+        values = ", ".join(f":{n}" for n in names)
+        conn.execute(text(f"INSERT INTO {CONTRACT_HEAD_TABLE} ({', '.join(names)}) VALUES ({values})"), heads)
+    return len(heads)
 
 
 def hires(conn: Connection, streams: set[str]) -> list[tuple[Any, ...]]:
@@ -1385,12 +1442,7 @@ class Writer:
         version), or an event id recorded already or given twice. What is left cannot fail on a key,
         which is what lets SQLite insert without a savepoint (``_insert_rows``)."""
         conn = self.conn
-        beyond = conn.execute(text(f"SELECT position FROM {TABLE} WHERE position > :p LIMIT 1"), {"p": head}).first()
-        if beyond is not None:
-            raise ConcurrencyConflict(
-                f"append refused by the ledger (a stream version or position taken: position {beyond[0]} is "
-                f"beyond the head {head} this writer knows; another writer got there first?); nothing was written"
-            )
+        self._refuse_beyond(head)
         ids = [ev.event_id for ev in events if ev.event_id]
         twice = sorted(i for i, n in Counter(ids).items() if n > 1)
         taken = sorted(_event_id_hashes(conn, [i for i in ids if i not in self._absent_ids])) + twice
@@ -1398,6 +1450,15 @@ class Writer:
             raise ConcurrencyConflict(
                 f"append refused by the ledger (an event_id already recorded or given twice: {', '.join(taken[:5])}"
                 f"{' ...' if len(taken) > 5 else ''}); nothing was written"
+            )
+
+    def _refuse_beyond(self, head: int) -> None:
+        beyond = self.conn.execute(text(f"SELECT position FROM {TABLE} WHERE position > :p LIMIT 1"), {"p": head})
+        found = beyond.first()
+        if found is not None:
+            raise ConcurrencyConflict(
+                f"append refused by the ledger (a stream version or position taken: position {found[0]} is "
+                f"beyond the head {head} this writer knows; another writer got there first?); nothing was written"
             )
 
     def _insert_rows(self, rows: list[tuple[Any, ...]]) -> None:
@@ -1516,9 +1577,7 @@ class Writer:
         content_hashes: Sequence[str] | None = None,
     ) -> PreparedAppend:
         """``append``'s reads and checks and its rows, chained, with nothing written: ``insert`` writes
-        them. Apart so that the insert (the database's work, without the GIL) can run in a thread while
-        the caller's thread does Python work (``service._append_beside_check``). Nothing may be appended
-        between the two."""
+        them, and nothing may be appended between the two (``insert`` refuses rows prepared on another head)."""
         streams = [stream_of(ev) for ev in events]
         current = self.stream_versions(set(streams) | set(expected_versions or ()))
         for stream_id, expected in (expected_versions or {}).items():
@@ -1532,32 +1591,35 @@ class Writer:
         position, prev, last_recorded = self._head_full()
         base = position
         self._refuse_taken_keys(events, position)
-        now = self._clock()
-        recorded_at = last_recorded if last_recorded is not None and last_recorded > now else now
-        versions = dict(current)
-        unhashed: list[tuple[Any, ...]] = []
-        out: list[Recorded] = []
+        recorded_at = self._recorded_at(last_recorded)
         if payloads is None:
             payloads = [payload_json(ev) for ev in events]
         if content_hashes is None:
             pairs = zip(events, payloads, strict=True)
             content_hashes = [content_hash(ev.type, ev.effective.isoformat(), p) for ev, p in pairs]
-        for ev, stream_id, payload, ch in zip(events, streams, payloads, content_hashes, strict=True):
-            position += 1
-            version = versions[stream_id] + 1
-            versions[stream_id] = version
-            type_ = ev.type
-            effective = ev.effective.isoformat()
-            event_id = ev.event_id
-            unhashed.append((position, stream_id, version, type_, effective, event_id, recorded_at, payload, ch))
-            out.append(Recorded(position, recorded_at, stream_id, version, ev))
-        hashes = chain_hashes(prev, unhashed)
-        rows = [(*row, h) for row, h in zip(unhashed, hashes, strict=True)]
+        versions = dict(current)
+        after = (position, prev)
+        rows, out, head = _chained_rows(events, streams, payloads, content_hashes, versions, after, recorded_at)
         event_ids = [ev.event_id for ev in events if ev.event_id]
-        return PreparedAppend(base, rows, out, versions, event_ids, (position, hashes[-1], recorded_at))
+        return PreparedAppend(base, rows, out, versions, event_ids, head)
+
+    def _recorded_at(self, last_recorded: str | None) -> str:
+        """One recording time for a whole append, never before the last one (a clock may step back)."""
+        now = self._clock()
+        return last_recorded if last_recorded is not None and last_recorded > now else now
+
+    def pipeline(self, reads: Connection | None) -> AppendPipeline:
+        """One append in batches (``AppendPipeline``); ``reads``: a snapshot beside this writer, or None."""
+        return AppendPipeline(self, reads)
 
     def insert(self, prepared: PreparedAppend) -> list[Recorded]:
         """Write what ``prepare`` built (all or nothing) and move this writer's head past it."""
+        recorded = self._write(prepared)
+        if prepared.head is not None:
+            refresh_statistics(self.conn, TABLE, len(prepared.rows), prepared.head[0])
+        return recorded
+
+    def _write(self, prepared: PreparedAppend) -> list[Recorded]:
         if prepared.head is None:
             return []
         if self._head_full()[0] != prepared.base:  # its positions, versions and chain would be taken
@@ -1582,5 +1644,162 @@ class Writer:
         self._head = prepared.head
         self._versions.update(prepared.versions)
         self._absent_ids.difference_update(prepared.event_ids)
-        refresh_statistics(conn, TABLE, len(rows), prepared.head[0])
         return prepared.recorded
+
+
+def _chained_rows(
+    events: Sequence[Event],
+    streams: Sequence[str],
+    payloads: Sequence[str],
+    content_hashes: Sequence[str],
+    versions: dict[str, int],
+    after: tuple[int, str],
+    recorded_at: str,
+) -> tuple[list[tuple[Any, ...]], list[Recorded], tuple[int, str, str]]:
+    """The rows (``COLUMNS``) of ``events`` appended after the row at ``after`` (position, chain hash):
+    positions on from it, each stream's next version (``versions``, current before, is moved on), the
+    chain hashes. Returns the rows, their ``Recorded`` and the new head (position, hash, recorded_at)."""
+    position, prev = after
+    unhashed: list[tuple[Any, ...]] = []
+    out: list[Recorded] = []
+    for ev, stream_id, payload, ch in zip(events, streams, payloads, content_hashes, strict=True):
+        position += 1
+        version = versions[stream_id] + 1
+        versions[stream_id] = version
+        type_ = ev.type
+        effective = ev.effective.isoformat()
+        event_id = ev.event_id
+        unhashed.append((position, stream_id, version, type_, effective, event_id, recorded_at, payload, ch))
+        out.append(Recorded(position, recorded_at, stream_id, version, ev))
+    hashes = chain_hashes(prev, unhashed)
+    rows = [(*row, h) for row, h in zip(unhashed, hashes, strict=True)]
+    return rows, out, (position, hashes[-1], recorded_at)
+
+
+class AppendPipeline:
+    """One append of many events, written batch by batch by a thread while the caller reads, checks and
+    prepares the next batch (``service`` ingests a file so: its parsing and validation, Python's work,
+    overlap the database's inserts, done without the GIL). Used as ``with writer.pipeline(reads) as p``:
+    ``send`` each batch, then ``finish``; leaving the block any other way waits for the thread, and the
+    writer's transaction, rolled back, takes back whatever the thread inserted.
+
+    Every batch is numbered, versioned and chained after the one before, with one recording time, as one
+    ``Writer.append`` of them all would be. What a batch needs to know of the ledger (its streams'
+    versions, whether its event ids are taken) is read on ``reads``: a snapshot taken under the writer's
+    lock, which sees the ledger as the writer found it (the thread's rows are uncommitted; the lock
+    keeps everyone else from committing), while the thread uses the writer's connection. With ``reads``
+    None (an in-memory SQLite ledger, whose one connection is the writer's) those reads are on the
+    writer's connection and the batches are inserted only at ``finish``, so that no read sees a row of
+    the append."""
+
+    def __init__(self, writer: Writer, reads: Connection | None) -> None:
+        self._writer = writer
+        self._threaded = reads is not None
+        self._reads = reads if reads is not None else writer.conn
+        position, hash_, last_recorded = writer._head_full()
+        writer._refuse_beyond(position)
+        self._recorded_at = writer._recorded_at(last_recorded)
+        self._after = (position, hash_)
+        self._versions: dict[str, int] = {}  # every stream's version after the batches sent so far
+        self._absent: set[str] = set()  # event ids looked up and not found
+        self._sent_ids: set[str] = set()
+        self._waiting: list[PreparedAppend] = []  # unthreaded: what ``finish`` inserts
+        self._queue: queue.SimpleQueue[PreparedAppend | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._recorded: list[Recorded] = []
+        self._error: BaseException | None = None
+        self._cancelled = False  # the append is given up: the thread skips what is still queued
+
+    def __enter__(self) -> AppendPipeline:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._cancelled = True  # finished already, or leaving with an error: nothing more to insert
+        self._stop()
+
+    # the ledger as the writer found it, for the caller's deduplication
+    def event_id_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(event_ids)
+        found = _event_id_hashes(self._reads, ids)
+        self._absent.update(i for i in ids if i not in found)
+        return found
+
+    def content_hash_counts(self, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
+        return _content_hash_counts(self._reads, contents)
+
+    def send(self, events: Sequence[Event], payloads: Sequence[str], content_hashes: Sequence[str]) -> None:
+        """Number, version and chain ``events`` after the batches sent before, and hand their rows to
+        the insert. Refuses (``ConcurrencyConflict``, nothing of the batch sent) an event id the ledger
+        holds or the append gives twice."""
+        if not events:
+            return
+        streams = [stream_of(ev) for ev in events]
+        missing = {s for s in streams if s not in self._versions}
+        if missing:
+            self._versions.update(_stream_versions(self._reads, missing))
+        ids = [ev.event_id for ev in events if ev.event_id]
+        twice = sorted({i for i, n in Counter(ids).items() if n > 1} | (self._sent_ids & set(ids)))
+        taken = sorted(self.event_id_hashes([i for i in ids if i not in self._absent])) + twice
+        if taken:
+            raise ConcurrencyConflict(
+                f"append refused by the ledger (an event_id already recorded or given twice: {', '.join(taken[:5])}"
+                f"{' ...' if len(taken) > 5 else ''}); nothing was written"
+            )
+        base = self._after[0]
+        versions = {s: self._versions[s] for s in set(streams)}
+        rows, recorded, head = _chained_rows(
+            events, streams, payloads, content_hashes, versions, self._after, self._recorded_at
+        )
+        self._versions.update(versions)
+        self._sent_ids.update(ids)
+        self._after = head[:2]
+        prepared = PreparedAppend(base, rows, recorded, versions, ids, head)
+        if not self._threaded:
+            self._waiting.append(prepared)
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._insert_sent, name="ingest-insert", daemon=True)
+            self._thread.start()
+        self._queue.put(prepared)
+
+    def _insert_sent(self) -> None:
+        while (prepared := self._queue.get()) is not None:
+            if self._error is None and not self._cancelled:
+                try:
+                    self._recorded += self._writer._write(prepared)
+                except BaseException as exc:  # handed to the caller's thread by ``finish``
+                    self._error = exc
+
+    def finish(self) -> list[Recorded]:
+        """Wait for every batch to be inserted; raise the insert's error if there was one."""
+        for prepared in self._waiting:
+            self._recorded += self._writer._write(prepared)
+        self._waiting = []
+        self._stop()
+        if self._error is not None:
+            raise self._error
+        if self._recorded:
+            refresh_statistics(self._writer.conn, TABLE, len(self._recorded), self._recorded[-1].position)
+        return self._recorded
+
+    def _stop(self) -> None:
+        if self._thread is not None:
+            self._queue.put(None)
+            join_through_interrupts(self._thread)
+            self._thread = None
+
+
+def join_through_interrupts(thread: threading.Thread) -> None:
+    """Wait for a thread that inserts with the writer before anything else touches the writer, even
+    through a second Ctrl-C: were the writer rolled back while the thread still inserts, SQLite would
+    run the thread's next statement outside any transaction and keep its rows. An interrupt is raised
+    once the thread is done."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            thread.join()
+            break
+        except BaseException as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted

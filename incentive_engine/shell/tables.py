@@ -149,3 +149,30 @@ class CycleListing(SQLModel, table=True):
     payee: str = Field(sa_column=Column("payee", Text, nullable=False))
     paid: str = Field(sa_column=Column("paid", Text, nullable=False))
     evaluation: str = Field(sa_column=Column("evaluation", Text, nullable=False))
+
+
+# --- derived data (migration 0007): the contract heads the reference rules of an ingest read ------------
+
+CONTRACT_HEAD_TABLE = "contract_head"
+
+
+class ContractHead(SQLModel, table=True):
+    """A signed contract as its signing and its churn make it (``core.projections``): the signing's fields
+    (decimals as their text) and the earliest churn after it. Kept by triggers on ``ledger_event`` in the
+    statement that inserts those events (migration 0007), so never behind the ledger; never a source of
+    truth (``audit`` does not read it)."""
+
+    __tablename__ = CONTRACT_HEAD_TABLE  # type: ignore[assignment]
+
+    contract_id: str = Field(sa_column=Column("contract_id", Text, primary_key=True))
+    signed_position: int = Field(sa_column=Column("signed_position", BigInteger, nullable=False))
+    signed: str = Field(sa_column=Column("signed", Text, nullable=False))
+    account_id: str = Field(sa_column=Column("account_id", Text, nullable=False))
+    rep_id: str = Field(sa_column=Column("rep_id", Text, nullable=False))
+    currency: str = Field(sa_column=Column("currency", Text, nullable=False))
+    acv: str = Field(sa_column=Column("acv", Text, nullable=False))
+    term_months: int = Field(sa_column=Column("term_months", Integer, nullable=False))
+    gross_margin: str | None = Field(default=None, sa_column=Column("gross_margin", Text, nullable=True))
+    churn_position: int | None = Field(default=None, sa_column=Column("churn_position", BigInteger, nullable=True))
+    churned: str | None = Field(default=None, sa_column=Column("churned", Text, nullable=True))
+    churn_reason: str | None = Field(default=None, sa_column=Column("churn_reason", Text, nullable=True))
