@@ -10,16 +10,22 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Callable, Iterator
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
 from pydantic import ValidationError
 
 from ..errors import Problem
-from .events import ENGINE_TYPES, FACT_ADAPTER, FACT_TYPES, Event
+from .events import ENGINE_TYPES, EVENT_CLASSES, FACT_TYPES, Event, ServiceCost
 
 MAX_LINE_CHARS = 100_000
+
+# each fact type's model validator, picked by the line's "type": the same model and errors as the tagged
+# union (``events.FACT_ADAPTER``), without the TypeAdapter's Python layer (a service cost: 2.9 against 4.6 us)
+_VALIDATORS = {t: EVENT_CLASSES[t].__pydantic_validator__.validate_python for t in FACT_TYPES}
 
 
 def _no_constants(name: str) -> Any:
@@ -55,10 +61,61 @@ _LINE_DECODER = json.JSONDecoder(
 )
 
 
-def _jsonl_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | None, Problem | None]]:
+# A service cost as a CRM export writes it (most lines of a month's file): these keys in this order, strings
+# without escapes, the amount a plain decimal string of ASCII digits. Such a line means one thing as JSON,
+# and every check the model makes of it is made here (the shape of the ids and the amount, a calendar
+# date), so it is read without the JSON decoder and pydantic: 1.5 instead of 7 us a line. A line of any
+# other shape, or one that fails a check, goes the general way, which reports its problems; a test checks
+# that both ways give the same event.
+_COST_LINE = re.compile(
+    r'\{"type": ?"service\.cost", ?"effective": ?"([0-9]{4}-[0-9]{2}-[0-9]{2})", ?'
+    r'(?:"event_id": ?"([^"\\\x00-\x1f\x7f]{1,128})", ?)?'
+    r'"contract_id": ?"([A-Za-z0-9][A-Za-z0-9._:@-]{0,63})", ?"amount": ?"([0-9]{1,15}(?:\.[0-9]{1,20})?)"\}'
+)
+_DAYS: dict[str, date] = {}
+_new, _set = object.__new__, object.__setattr__
+
+
+def _cost_line(line: str) -> ServiceCost | None:
+    """The service cost a line of ``_COST_LINE``'s shape is, or None (the line goes the general way)."""
+    m = _COST_LINE.fullmatch(line)
+    if m is None:
+        return None
+    effective, event_id, contract_id, amount = m.groups()
+    day = _DAYS.get(effective)
+    if day is None:
+        try:
+            day = date.fromisoformat(effective)
+        except ValueError:
+            return None
+        if len(_DAYS) < 100_000:
+            _DAYS[effective] = day
+    # what ``ServiceCost.model_construct`` builds (pydantic 2: the fields, the set of those given, no
+    # extra, no private attributes), without its walk over the model's fields
+    event = _new(ServiceCost)
+    _set(event, "__dict__", {
+        "type": "service.cost", "effective": day, "event_id": event_id, "contract_id": contract_id,
+        "amount": Decimal(amount),
+    })  # fmt: skip
+    _set(event, "__pydantic_fields_set__", _GIVEN_WITH_ID.copy() if event_id else _GIVEN.copy())
+    _set(event, "__pydantic_extra__", None)
+    _set(event, "__pydantic_private__", None)
+    return event
+
+
+_GIVEN = {"type", "effective", "contract_id", "amount"}
+_GIVEN_WITH_ID = {*_GIVEN, "event_id"}
+
+
+def _jsonl_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | Event | None, Problem | None]]:
+    """Each line's number and its JSON object (or, for a service cost of the usual shape, its event
+    already), or its problem."""
     # split at newlines only: str.splitlines() would also split at U+2028, form feeds, ... inside valid JSON
     for number, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")
+        if line[:25] == '{"type": "service.cost", ' and (cost := _cost_line(line)) is not None:
+            yield number, cost, None
+            continue
         if not line.strip():
             continue
         if len(line) > MAX_LINE_CHARS:
@@ -153,7 +210,7 @@ def to_event(source: str, number: int, record: dict[str, Any]) -> tuple[Event | 
     if type_ not in FACT_TYPES:
         return None, [Problem(source, number, "type", f"unknown event type {type_[:60]!r}")]
     try:
-        return FACT_ADAPTER.validate_python(record), []
+        return _VALIDATORS[type_](record), []
     except ValidationError as exc:
         return None, _field_problems(source, number, exc, type_)
 
@@ -214,6 +271,9 @@ def read_event_batches(
             problems.append(problem)
             continue
         assert record is not None
+        if isinstance(record, Event):  # read whole (``_cost_line``)
+            events.append((number, record))
+            continue
         event, found = to_event(source, number, record)
         if found:
             problems.extend(found)
