@@ -987,7 +987,11 @@ def _event_id_hashes(conn: Connection, event_ids: Iterable[str]) -> dict[str, st
 
 
 def _content_hash_counts(conn: Connection, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
-    # a content hash covers the effective date: both columns narrow the (effective, content_hash) index
+    # a content hash covers the effective date: both columns narrow the (effective, content_hash) index,
+    # and a date the ledger has no event on has none of these contents (a month's new costs: every one)
+    contents = list(contents)
+    present = _dates_present(conn, {e for e, _ in contents})
+    contents = [(e, h) for e, h in contents if e in present]
     stmt = text(
         f"SELECT content_hash, COUNT(*) FROM {TABLE} WHERE effective IN :es AND content_hash IN :hs "
         "GROUP BY content_hash"
@@ -996,6 +1000,23 @@ def _content_hash_counts(conn: Connection, contents: Iterable[tuple[str, str]]) 
     for chunk in _chunks(contents):
         es, hs = sorted({e for e, _ in chunk}), [h for _, h in chunk]
         out.update((str(h), int(n)) for h, n in conn.execute(stmt, {"es": es, "hs": hs}))
+    return out
+
+
+def _dates_present(conn: Connection, dates: set[str]) -> set[str]:
+    """Which of these effective dates the ledger has an event on (one probe of the index each)."""
+    if not dates:
+        return set()
+    if conn.dialect.name == "postgresql":
+        sql = f"SELECT d FROM unnest(%s::text[]) AS d WHERE EXISTS (SELECT 1 FROM {TABLE} WHERE effective = d)"
+        return {d for (d,) in driver_rows(conn, sql, (sorted(dates),))}
+    out: set[str] = set()
+    for chunk in _chunks(dates):
+        values = ", ".join(["(?)"] * len(chunk))
+        sql = (
+            f"WITH ds(d) AS (VALUES {values}) SELECT d FROM ds WHERE EXISTS (SELECT 1 FROM {TABLE} WHERE effective = d)"
+        )
+        out.update(d for (d,) in driver_rows(conn, sql, chunk))
     return out
 
 
