@@ -46,6 +46,7 @@ from incentive_engine.shell import service, store
 from incentive_engine.shell.store import Ledger, Writer
 from incentive_engine.shell.tables import COLUMNS, SQLModel
 
+from .cli import ok
 from .ledgers import WORKED, reference_book
 
 D = date.fromisoformat
@@ -285,6 +286,15 @@ def test_the_contract_heads_are_the_signing_and_churn_the_fold_makes(ledger: Led
     with ledger.snapshot() as conn:
         (c3,) = store.contract_heads(conn, ["C3"])
     assert (c3.churn.effective, c3.churn.value, c3.acv0) == (D("2026-12-01"), "after the upgrade", Decimal("6"))
+    with ledger.engine.begin() as conn:  # a ledger_event restored without its heads: rebuilt from the events
+        conn.execute(text("DELETE FROM contract_head WHERE contract_id <> 'C2'"))
+        conn.execute(text("UPDATE contract_head SET acv = '1'"))
+        assert store.rebuild_contract_heads(conn) == 3
+    _heads_against_the_fold(ledger)
+    with ledger.engine.begin() as conn:
+        conn.execute(text("DELETE FROM contract_head WHERE contract_id = 'C1'"))
+    assert "3 contracts" in ok("db", "rebuild-heads", db=ledger.url)  # the same, from the command line
+    _heads_against_the_fold(ledger)
 
 
 def test_a_large_append_leaves_the_planner_statistics_on_postgresql(ledger: Ledger) -> None:

@@ -1,4 +1,4 @@
-"""`incentive db ...`: database administration (roles for auditors).
+"""`incentive db ...`: database administration (roles for auditors, the derived contract heads).
 
 ``incentive db grant-auditor ROLE`` gives an auditor a PostgreSQL role that can read the ledger and nothing
 else: it can run ``incentive audit verify|replay|reproduce|export`` against the production database, and
@@ -176,3 +176,16 @@ def grant_auditor_command(
         highlight=False,
         markup=False,
     )
+
+
+@db_app.command("rebuild-heads")
+def rebuild_heads_command(ctx: typer.Context) -> None:
+    """Refill the contract heads (derived data the ingest's rules read) from the events, under the writer's
+    lock: after restoring the ledger table without them. Both databases."""
+    from . import render
+    from .store import rebuild_contract_heads
+
+    ledger = ctx.obj.ledger
+    with ledger.writer() as w:
+        rows = rebuild_contract_heads(w.conn)
+    render.out.print(f"Rebuilt contract_head from the events: {rows} contracts.", highlight=False, markup=False)
