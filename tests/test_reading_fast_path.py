@@ -37,7 +37,7 @@ def _same(fast, general) -> None:
     assert fast.model_dump() == general.model_dump()
 
 
-def test_the_usual_lines_take_the_fast_way_and_get_the_general_ways_event() -> None:
+def test_the_usual_lines_take_the_fast_way_and_get_the_general_ways_event(monkeypatch) -> None:
     with_id = TYPICAL.replace('"contract_id"', '"event_id": "crm-cost-\u00e9-7", "contract_id"')
     compact = TYPICAL.replace(": ", ":").replace(", ", ",")
     for line in (TYPICAL, with_id, compact, TYPICAL.replace("1261.84", "0"), TYPICAL.replace("1261.84", "007.50")):
@@ -46,6 +46,10 @@ def test_the_usual_lines_take_the_fast_way_and_get_the_general_ways_event() -> N
         _same(fast, _general(line))
     (read,), problems = read_events("f.jsonl", (with_id + "\n").encode())
     assert problems == [] and read[0] == 1 and read[1].event_id == "crm-cost-\u00e9-7"
+    taken: list[str] = []
+    monkeypatch.setattr(reading, "_cost_line", lambda line: taken.append(line) or _cost_line(line))
+    read_events("f.jsonl", "\n".join([TYPICAL, compact, '{"type": "rep.hired"}']).encode())
+    assert taken == [TYPICAL, compact]  # both separators' lines take it, no other type's
 
 
 def test_other_shapes_go_the_general_way() -> None:

@@ -113,7 +113,7 @@ def _jsonl_rows(source: str, text: str) -> Iterator[tuple[int, dict[str, Any] | 
     # split at newlines only: str.splitlines() would also split at U+2028, form feeds, ... inside valid JSON
     for number, line in enumerate(text.split("\n"), 1):
         line = line.removesuffix("\r")
-        if line[:25] == '{"type": "service.cost", ' and (cost := _cost_line(line)) is not None:
+        if '"service.cost"' in line[:24] and (cost := _cost_line(line)) is not None:
             yield number, cost, None
             continue
         if not line.strip():
