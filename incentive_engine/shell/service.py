@@ -246,30 +246,14 @@ class _Deduplicator:
         problems: list[Problem] = []
         for (line, event), h, payload in zip(parsed, hashes, payloads, strict=True):
             if event.event_id:
-                earlier = stored_ids.get(event.event_id)
+                earlier, where = stored_ids.get(event.event_id), "already in the ledger"
                 if earlier is None and event.event_id in seen_ids:
                     earlier, first_line = seen_ids[event.event_id]
-                    if earlier != h:
-                        problems.append(
-                            Problem(
-                                source,
-                                line,
-                                "event_id",
-                                f"{event.event_id!r} is used on line {first_line} with different content",
-                            )
-                        )
-                    self.skipped += 1
-                    continue
+                    where = f"used on line {first_line}"
                 if earlier is not None:
                     if earlier != h:
-                        problems.append(
-                            Problem(
-                                source,
-                                line,
-                                "event_id",
-                                f"{event.event_id!r} is already in the ledger with different content",
-                            )
-                        )
+                        message = f"{event.event_id!r} is {where} with different content"
+                        problems.append(Problem(source, line, "event_id", message))
                     self.skipped += 1
                     continue
                 seen_ids[event.event_id] = (h, line)
