@@ -395,7 +395,11 @@ def _files_in_batches(tmp_path: Path) -> list[Path]:
         [COSTS[1], twice, COSTS[2], fresh, COSTS[1], twice, COSTS[3], fresh, COSTS[0], COSTS[4]],
     )
     changed = dict(COSTS[2], amount="99.00")
-    bad = write(tmp_path / "bad.jsonl", [COSTS[5], COSTS[6], COSTS[7], changed, COSTS[2], dict(COSTS[1])])
+    twice_in_file = dict(COSTS[8], amount="5.55")
+    bad = write(
+        tmp_path / "bad.jsonl",
+        [COSTS[5], COSTS[6], COSTS[7], changed, COSTS[8], COSTS[2], dict(COSTS[1]), twice_in_file],
+    )
     return [first, second, bad]
 
 
@@ -422,7 +426,10 @@ def test_a_file_in_batches_is_deduplicated_as_a_whole(tmp_path, db_kind, fresh_d
     # skipped: COSTS[1] the second time, COSTS[0] (stored), and one of the two ``twice`` (stored once);
     # appended: the other ``twice``, both ``fresh`` (none stored), COSTS[1] once, COSTS[2], [3] and [4]
     assert second[:2] == (7, 3)
-    assert [p[:2] for p in bad[2]] == [(4, "event_id")]
+    assert bad[2] == [
+        (4, "event_id", "'k3' is already in the ledger with different content"),
+        (8, "event_id", "'k9' is used on line 5 with different content"),  # an earlier batch's line
+    ]
 
 
 def test_a_ledger_without_a_second_connection_checks_on_the_writers(tmp_path):
