@@ -190,7 +190,27 @@ def test_migrations_are_found_without_an_ini_file() -> None:
     cfg = store.alembic_config()
     assert (store.migrations_dir() / "versions" / "0001_ledger.py").is_file()
     assert cfg.get_main_option("script_location") == str(store.migrations_dir())
-    assert store.head_revision() == "0007"
+    assert (
+        store.head_revision() == store.SCHEMA_REVISION == "0007"
+    )  # the constant a command checks is the scripts' head
+
+
+def test_a_command_on_a_current_ledger_does_not_load_alembic(tmp_path: Path) -> None:
+    """The schema check of every command is one query; Alembic (a fifth of a second of imports) is loaded
+    only to migrate or to explain a mismatch."""
+    import subprocess
+    import sys
+
+    url = f"sqlite:///{tmp_path / 'l.db'}"
+    Ledger(url).init()
+    code = (
+        "import sys\n"
+        "from incentive_engine.shell.store import Ledger\n"
+        f"Ledger({url!r}).check_schema()\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('alembic')}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_a_ledger_at_0003_upgrades_to_the_effective_content_index(ledger: Ledger) -> None:

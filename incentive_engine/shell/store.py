@@ -37,14 +37,9 @@ from decimal import Decimal
 from functools import cache, partial
 from itertools import chain
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote, urlparse
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import bindparam, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError, IntegrityError
@@ -72,6 +67,9 @@ from .tables import (
     TABLE,
     TRIGGERS,
 )
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 try:  # the native chain checker (setup.py); optional: without it the Python verifier does the work
     from . import _chain_sqlite
@@ -155,6 +153,8 @@ def migrations_dir() -> Path:
 def alembic_config(url: str | None = None, connection: Connection | None = None) -> Config:
     """An Alembic configuration built in code (there is no alembic.ini). Pass an open ``connection`` to
     run migrations inside the caller's transaction, or a ``url``."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(migrations_dir()).replace("%", "%%"))
     if url is not None:
@@ -164,9 +164,17 @@ def alembic_config(url: str | None = None, connection: Connection | None = None)
     return cfg
 
 
+# The schema revision this code reads and writes: the head of ``ledger_migrations`` (a test checks the
+# two agree). A command compares the database's with it in one query; Alembic, a fifth of a second of
+# imports, is loaded only to migrate or to explain a mismatch.
+SCHEMA_REVISION = "0007"
+
+
 @cache
 def head_revision() -> str:
-    """The revision the code expects the database to be at."""
+    """The revision the migration scripts lead to (``SCHEMA_REVISION``, read from the scripts)."""
+    from alembic.script import ScriptDirectory
+
     head = ScriptDirectory.from_config(alembic_config()).get_current_head()
     if head is None:  # pragma: no cover - the repository always has migrations
         raise EngineError("the ledger migrations have no head revision")
@@ -1049,6 +1057,11 @@ def refresh_statistics(conn: Connection, table: str, written: int, total: int) -
         conn.exec_driver_sql(f"ANALYZE {table}")
 
 
+def _schema_revisions(conn: Connection) -> list[str]:
+    """The revisions Alembic recorded in the database (its ``alembic_version`` table), read directly."""
+    return [str(r) for (r,) in conn.exec_driver_sql("SELECT version_num FROM alembic_version")]
+
+
 # --- the store ----------------------------------------------------------------------------------
 
 
@@ -1113,12 +1126,28 @@ class Ledger:
         """Create or upgrade the schema to the head migration; safe to repeat (and to race: it runs
         under the writer lock)."""
         with self._locked() as conn:
+            from alembic import command
+
             command.upgrade(alembic_config(connection=conn), "head")
         self._schema_ok = False
         self.check_schema()
 
     def check_schema(self) -> None:
         """Raise ``LedgerNotInitialised`` unless the database is at the head migration."""
+        try:
+            with self.engine.connect() as conn:
+                try:
+                    if _schema_revisions(conn) == [SCHEMA_REVISION]:
+                        self._schema_ok = True
+                        return
+                except DBAPIError:
+                    pass  # no revision table (an empty database): said below
+        except DBAPIError as exc:
+            raise EngineError(f"cannot open the ledger at {self!r}: {exc.orig}") from exc
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+        from alembic.util import CommandError
+
         try:
             with self.engine.connect() as conn:
                 current = MigrationContext.configure(conn).get_current_heads()
