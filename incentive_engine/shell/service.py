@@ -232,11 +232,12 @@ class _Deduplicator:
     ) -> tuple[list[tuple[int, Event, str, str]], list[Problem]]:
         """The new events of a batch, as (line, event, canonical payload, content hash), and its problems."""
         source, seen_ids, stored_counts = self.source, self.seen_ids, self.stored_counts
-        hashes = [content_hash(e.type, e.effective.isoformat(), p) for (_, e), p in zip(parsed, payloads, strict=True)]
+        effectives = [e.effective.isoformat() for _, e in parsed]
+        hashes = [content_hash(e.type, d, p) for (_, e), d, p in zip(parsed, effectives, payloads, strict=True)]
         stored_ids = self.lookups.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
         unseen = [
-            (e.effective.isoformat(), h)
-            for (_, e), h in zip(parsed, hashes, strict=True)
+            (d, h)
+            for (_, e), d, h in zip(parsed, effectives, hashes, strict=True)
             if not e.event_id and h not in stored_counts
         ]
         found = self.lookups.content_hash_counts(unseen)

@@ -994,6 +994,27 @@ def _event_id_hashes(conn: Connection, event_ids: Iterable[str]) -> dict[str, st
     return out
 
 
+def _event_id_hashes_noting_absent(conn: Connection, event_ids: Iterable[str], absent: set[str]) -> dict[str, str]:
+    """``_event_id_hashes``, adding the ids not found to ``absent`` (looked up under the writer's lock,
+    they stay absent until the writer appends them: its key check need not look them up again)."""
+    ids = list(event_ids)
+    found = _event_id_hashes(conn, ids)
+    absent.update(i for i in ids if i not in found)
+    return found
+
+
+def _refuse_taken_ids(conn: Connection, ids: list[str], absent: set[str], sent: Iterable[str] = ()) -> None:
+    """Refuse an append whose event ids the ledger holds (those not known ``absent`` are looked up) or
+    that gives one twice (within ``ids``, or already in ``sent``, earlier batches of the same append)."""
+    twice = sorted({i for i, n in Counter(ids).items() if n > 1} | set(sent).intersection(ids))
+    taken = sorted(_event_id_hashes_noting_absent(conn, [i for i in ids if i not in absent], absent)) + twice
+    if taken:
+        raise ConcurrencyConflict(
+            f"append refused by the ledger (an event_id already recorded or given twice: {', '.join(taken[:5])}"
+            f"{' ...' if len(taken) > 5 else ''}); nothing was written"
+        )
+
+
 def _content_hash_counts(conn: Connection, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
     # a content hash covers the effective date: both columns narrow the (effective, content_hash) index,
     # and a date the ledger has no event on has none of these contents (a month's new costs: every one)
@@ -1491,16 +1512,8 @@ class Writer:
         beyond the head this writer knows (someone bypassed the store; it may hold any position or stream
         version), or an event id recorded already or given twice. What is left cannot fail on a key,
         which is what lets SQLite insert without a savepoint (``_insert_rows``)."""
-        conn = self.conn
         self._refuse_beyond(head)
-        ids = [ev.event_id for ev in events if ev.event_id]
-        twice = sorted(i for i, n in Counter(ids).items() if n > 1)
-        taken = sorted(_event_id_hashes(conn, [i for i in ids if i not in self._absent_ids])) + twice
-        if taken:
-            raise ConcurrencyConflict(
-                f"append refused by the ledger (an event_id already recorded or given twice: {', '.join(taken[:5])}"
-                f"{' ...' if len(taken) > 5 else ''}); nothing was written"
-            )
+        _refuse_taken_ids(self.conn, [ev.event_id for ev in events if ev.event_id], self._absent_ids)
 
     def _refuse_beyond(self, head: int) -> None:
         beyond = self.conn.execute(text(f"SELECT position FROM {TABLE} WHERE position > :p LIMIT 1"), {"p": head})
@@ -1592,10 +1605,7 @@ class Writer:
         return {s: self._versions[s] for s in ids}
 
     def event_id_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
-        ids = list(event_ids)
-        found = _event_id_hashes(self.conn, ids)
-        self._absent_ids.update(i for i in ids if i not in found)
-        return found
+        return _event_id_hashes_noting_absent(self.conn, event_ids, self._absent_ids)
 
     def content_hash_counts(self, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
         return _content_hash_counts(self.conn, contents)
@@ -1769,10 +1779,7 @@ class AppendPipeline:
 
     # the ledger as the writer found it, for the caller's deduplication
     def event_id_hashes(self, event_ids: Iterable[str]) -> dict[str, str]:
-        ids = list(event_ids)
-        found = _event_id_hashes(self._reads, ids)
-        self._absent.update(i for i in ids if i not in found)
-        return found
+        return _event_id_hashes_noting_absent(self._reads, event_ids, self._absent)
 
     def content_hash_counts(self, contents: Iterable[tuple[str, str]]) -> dict[str, int]:
         return _content_hash_counts(self._reads, contents)
@@ -1788,13 +1795,7 @@ class AppendPipeline:
         if missing:
             self._versions.update(_stream_versions(self._reads, missing))
         ids = [ev.event_id for ev in events if ev.event_id]
-        twice = sorted({i for i, n in Counter(ids).items() if n > 1} | (self._sent_ids & set(ids)))
-        taken = sorted(self.event_id_hashes([i for i in ids if i not in self._absent])) + twice
-        if taken:
-            raise ConcurrencyConflict(
-                f"append refused by the ledger (an event_id already recorded or given twice: {', '.join(taken[:5])}"
-                f"{' ...' if len(taken) > 5 else ''}); nothing was written"
-            )
+        _refuse_taken_ids(self._reads, ids, self._absent, self._sent_ids)
         base = self._after[0]
         versions = {s: self._versions[s] for s in set(streams)}
         rows, recorded, head = _chained_rows(
