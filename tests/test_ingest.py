@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from incentive_engine.core import reading
 from incentive_engine.core.projections import project, state_digest
 from incentive_engine.errors import ConcurrencyConflict, EngineError
-from incentive_engine.shell import service
+from incentive_engine.shell import service, store
 from incentive_engine.shell.store import AppendPipeline, Ledger, Writer, join_through_interrupts
 
 from .cli import incentive, ok
@@ -275,7 +275,7 @@ def test_replay_as_of_a_position_and_a_time(db):
 
 COSTS = [
     {"type": "service.cost", "effective": "2026-02-01", "event_id": f"k{i}", "contract_id": "C1", "amount": f"{i}.00"}
-    for i in range(1, 1201)  # more rows than one INSERT statement takes
+    for i in range(1, 3201)  # more rows than one INSERT statement takes (``store._ROWS_PER_INSERT``)
 ]
 UNKNOWN_COST = {"type": "service.cost", "effective": "2026-02-01", "contract_id": "NOPE", "amount": "1.00"}
 
@@ -322,6 +322,7 @@ def test_a_file_rejected_by_a_rule_takes_back_what_was_inserted_beside_the_check
     written, done = _spy_writes(monkeypatch)
     if ledger.reads_beside_writer:
         _check_after_an_insert(monkeypatch, done)
+    assert len(COSTS) > store._ROWS_PER_INSERT
     (result,) = service.ingest_files(ledger, [write(tmp_path / "f.jsonl", [*COSTS, UNKNOWN_COST])])
     assert [(p.line, p.field) for p in result.problems] == [(len(COSTS) + 1, "contract_id")]
     assert written == [len(COSTS) + 1]  # the insert did run (speculatively) ...
@@ -430,6 +431,27 @@ def test_a_file_in_batches_is_deduplicated_as_a_whole(tmp_path, db_kind, fresh_d
         (4, "event_id", "'k3' is already in the ledger with different content"),
         (8, "event_id", "'k9' is used on line 5 with different content"),  # an earlier batch's line
     ]
+
+
+def test_a_commit_that_fails_drops_the_projection_folded_beside_it(ledger, tmp_path, monkeypatch):
+    """The process's projection takes in a file's events while the writer commits them; should the
+    commit fail, the projection (ahead of the ledger) is dropped, and the next read folds the ledger."""
+    _prepared(ledger, tmp_path)
+    service.load_state(ledger)  # held from here on
+    folded = []
+    real_advance = service._advance
+    monkeypatch.setattr(service, "_advance", lambda *a: folded.append(real_advance(*a) or len(a[1])))
+
+    def refuse(self):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.Connection, "commit", refuse)
+    with pytest.raises(OSError, match="disk full"):
+        service.ingest_files(ledger, [write(tmp_path / "f.jsonl", COSTS[:5])])
+    monkeypatch.undo()
+    assert folded == [5]  # the projection did take the five costs in ...
+    assert ledger.url not in service._PROJECTIONS  # ... and was dropped with the commit
+    assert state_digest(service.load_state(ledger)) == state_digest(project(ledger.read()))
 
 
 def test_a_ledger_without_a_second_connection_checks_on_the_writers(tmp_path):

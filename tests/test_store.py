@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import re
+import sqlite3
 import uuid
 from collections.abc import Iterator
 from datetime import date
@@ -794,6 +795,120 @@ def test_sqlite_hands_each_writer_the_connection_that_wrote_last(tmp_path: Any) 
             w.append([hire(rep)])
     assert writers[0] is writers[1] is writers[2]
     ledger.engine.dispose()
+
+
+def kpi(rep_id: str) -> KpiMeasured:
+    return KpiMeasured(type="kpi.measured", effective=D("2026-06-30"), rep_id=rep_id, year=2026, kpi="csat",
+                       value=Decimal(4))  # fmt: skip
+
+
+def _versions_looked_up(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    looked_up: list[str] = []
+    real = store._stream_versions
+
+    def spy(conn: Any, stream_ids: Any) -> dict[str, int]:
+        ids = list(stream_ids)
+        looked_up.extend(ids)
+        return real(conn, ids)
+
+    monkeypatch.setattr(store, "_stream_versions", spy)
+    return looked_up
+
+
+def test_a_writer_starts_from_the_versions_the_last_one_committed_and_catches_up_on_rows_since(
+    ledger: Ledger, ledger_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stream versions a writer of this process knew at its commit are lent to the next one
+    (``_lend_versions``), not looked up again; rows another process appended since are read for theirs."""
+    append(ledger, [hire("R1"), hire("R2"), hire("R3")])
+    other = Ledger(ledger_url)  # another process, in effect: this ledger's writers never saw its append
+    try:
+        append(other, [RepTerminated(type="rep.terminated", effective=D("2026-06-01"), rep_id="R1", leaver="good")])
+    finally:
+        other.dispose()
+    looked_up = _versions_looked_up(monkeypatch)
+    out = append(ledger, [kpi("R1"), kpi("R2"), kpi("R4")])
+    assert [(r.stream_id, r.stream_version) for r in out] == [("rep:R1", 3), ("rep:R2", 2), ("rep:R4", 1)]
+    assert looked_up == ["rep:R4"]  # the only stream no writer of this process had known
+    assert ledger.verify().ok
+
+    monkeypatch.setattr(store, "VERSIONS_CATCH_UP_ROWS", 0)  # too far behind: everything is looked up again
+    other = Ledger(ledger_url)
+    try:
+        append(other, [kpi("R3")])
+    finally:
+        other.dispose()
+    looked_up.clear()
+    out = append(ledger, [kpi("R3"), kpi("R2")])
+    assert [(r.stream_id, r.stream_version) for r in out] == [("rep:R3", 3), ("rep:R2", 3)]
+    assert sorted(looked_up) == ["rep:R2", "rep:R3"]
+    assert ledger.verify().ok
+
+
+def test_known_versions_are_lent_only_where_the_row_they_were_known_at_is_unchanged(ledger: Ledger) -> None:
+    """Versions known at a position whose row now carries another hash (a ledger restored and written
+    differently since) describe another history: they are not lent."""
+    first = append(ledger, [hire("R1"), hire("R2")])
+    hash_at_1 = next(iter(ledger.read_rows(upto=1)))[9]
+    for known_hash, expected in (("f" * 64, 1), (hash_at_1, 7)):
+        with ledger.writer() as w:
+            store._lend_versions(w, (1, known_hash, {"rep:R1": 7}))
+            assert w.stream_versions(["rep:R1", "rep:R2"]) == {"rep:R1": expected, "rep:R2": 1}
+    assert first[1].stream_version == 1  # rep:R2 at 1: caught up from the row after position 1 either way
+
+
+def test_the_versions_of_a_rolled_back_writer_are_not_lent(ledger: Ledger) -> None:
+    append(ledger, [hire("R1")])
+    with pytest.raises(RuntimeError), ledger.writer() as w:
+        assert [r.stream_version for r in w.append([kpi("R1"), kpi("R1")])] == [2, 3]
+        raise RuntimeError("rolled back")
+    out = append(ledger, [kpi("R1")])
+    assert [r.stream_version for r in out] == [2]  # not 4: the rolled-back versions were not kept
+    assert ledger.verify().ok
+
+
+def test_work_beside_the_commit_is_undone_when_the_commit_fails(
+    ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[str] = []
+
+    def refuse(self: Any) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.Connection, "commit", refuse)
+    with pytest.raises(OSError, match="disk full"), ledger.writer() as w:
+        w.append([hire("R1")])
+        w.while_committing(lambda: calls.append("work"), lambda: calls.append("undo"))
+    assert calls == ["work", "undo"]
+    monkeypatch.undo()
+    assert count(ledger) == 0
+    with pytest.raises(ZeroDivisionError), ledger.writer() as w:  # the work fails; the commit goes through
+        w.append([hire("R2")])
+        w.while_committing(lambda: [][0] if calls.append("work again") else 1 / 0, lambda: calls.append("undone"))
+        assert calls == ["work", "undo"]  # the work runs only as the block ends
+    assert calls == ["work", "undo", "work again", "undone"]
+    assert count(ledger) == 1 and ledger.verify().ok
+
+
+def test_sqlite_built_with_a_lower_variable_limit_gets_smaller_insert_statements(tmp_path: Path) -> None:
+    """An append's statements bind up to 30,000 values (``_ROWS_PER_INSERT``); a SQLite compiled with a
+    lower limit of bound variables gets fewer rows a statement, not "too many SQL variables"."""
+    from sqlalchemy import event as sa_event
+
+    ledger = Ledger(f"sqlite:///{tmp_path / 'limited.db'}")
+    ledger.init()
+    ledger.dispose()
+
+    @sa_event.listens_for(ledger.engine, "connect")
+    def _limit(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, 35)  # three rows' values
+
+    try:
+        out = append(ledger, [hire(f"R{i}") for i in range(10)])
+        assert [r.position for r in out] == list(range(1, 11))
+        assert count(ledger) == 10 and ledger.verify().ok
+    finally:
+        ledger.dispose()
 
 
 def test_a_taken_stream_version_becomes_a_conflict(ledger: Ledger) -> None:
