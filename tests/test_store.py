@@ -548,6 +548,30 @@ def test_native_chain_takes_any_previous_hash_as_python_does(prev: str) -> None:
     ]
 
 
+@pytest.mark.skipif(
+    store._chain_sqlite is None and not os.environ.get("CI"), reason="the native chain is not built here"
+)
+@given(triples=st.lists(st.tuples(st.text(), st.text(), st.text()), max_size=6))
+def test_native_content_hashes_are_the_canonical_ones(triples: list[tuple[str, str, str]]) -> None:
+    """Deduplication's content hashes (``store.content_hashes``, in C) are ``core.canonical``'s, for any text."""
+    types, effectives, payloads = ([t[i] for t in triples] for i in range(3))
+    expected = [content_hash(*t) for t in triples]
+    assert store._chain_sqlite.content_hashes(types, effectives, payloads) == expected
+    assert store.content_hashes(types, effectives, payloads) == expected
+
+
+def test_content_hashes_refuse_what_cannot_be_utf8_or_is_not_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    for native in ("1", "0"):
+        monkeypatch.setenv("INCENTIVE_NATIVE", native)
+        with pytest.raises(UnicodeEncodeError):
+            store.content_hashes(
+                ["service.cost"], ["2026-01-01"], ['{"contract_id":"\ud800"}'.encode().decode("unicode_escape")]
+            )
+        with pytest.raises((TypeError, ValueError)):
+            store.content_hashes(["service.cost"], ["2026-01-01", "2026-01-02"], ["{}"])
+        assert store.content_hashes(["a"], ["b"], ["c"]) == [content_hash("a", "b", "c")]
+
+
 # --- idempotency lookups ------------------------------------------------------------------------
 
 

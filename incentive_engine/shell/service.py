@@ -14,7 +14,6 @@ from typing import Any
 
 from sqlalchemy.engine import Connection
 
-from ..core.canonical import content_hash
 from ..core.cycles import CycleResult, compute_cycle, cycle_event, lines_from_json, totals_from_json
 from ..core.dates import parse_period, period_end
 from ..core.events import Event, PlanRegistered, payload_json
@@ -25,7 +24,7 @@ from ..core.validation import check_batch, contracts_read_in_full, entities_read
 from ..errors import CycleError, InputError, Problem
 from . import obligations
 from .plans import book_from_registered
-from .store import AppendPipeline, Ledger, Writer, entities_state, fold_sorted, hires, stream_rows
+from .store import AppendPipeline, Ledger, Writer, content_hashes, entities_state, fold_sorted, hires, stream_rows
 
 Progress = Callable[[int], None]
 
@@ -243,7 +242,7 @@ class _Deduplicator:
         """The new events of a batch, as (line, event, canonical payload, content hash), and its problems."""
         source, seen_ids, stored_counts = self.source, self.seen_ids, self.stored_counts
         effectives = [e.effective.isoformat() for _, e in parsed]
-        hashes = [content_hash(e.type, d, p) for (_, e), d, p in zip(parsed, effectives, payloads, strict=True)]
+        hashes = content_hashes([e.type for _, e in parsed], effectives, payloads)
         stored_ids = self.lookups.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
         unseen = [
             (d, h)
