@@ -401,6 +401,9 @@ def content_hashes(types: Sequence[str], effectives: Sequence[str], payloads: Se
     return [content_hash(t, e, p) for t, e, p in zip(types, effectives, payloads, strict=True)]
 
 
+_batch_content_hashes = content_hashes  # for ``Writer.prepare``, whose keyword argument has the same name
+
+
 # --- reading rows back into events --------------------------------------------------------------
 
 
@@ -1760,8 +1763,8 @@ class Writer:
         if payloads is None:
             payloads = [payload_json(ev) for ev in events]
         if content_hashes is None:
-            pairs = zip(events, payloads, strict=True)
-            content_hashes = [content_hash(ev.type, ev.effective.isoformat(), p) for ev, p in pairs]
+            effectives = [ev.effective.isoformat() for ev in events]
+            content_hashes = _batch_content_hashes([ev.type for ev in events], effectives, payloads)
         versions = dict(current)
         after = (position, prev)
         rows, out, head = _chained_rows(events, streams, payloads, content_hashes, versions, after, recorded_at)
