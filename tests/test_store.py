@@ -572,6 +572,95 @@ def test_content_hashes_refuse_what_cannot_be_utf8_or_is_not_text(monkeypatch: p
         assert store.content_hashes(["a"], ["b"], ["c"]) == [content_hash("a", "b", "c")]
 
 
+_chained_items = st.lists(
+    st.tuples(
+        st.sampled_from(["rep:R1", "contract:C1", 'contract:"\\\u2028']) | st.text(),  # stream
+        st.text(), st.dates(), st.none() | st.text(), st.text(), st.text(),  # type, effective, event_id, payload, content hash
+    ),
+    max_size=8,
+)  # fmt: skip
+
+
+def _both_chained_rows(*args: Any) -> tuple[Any, Any]:
+    """``store._chained_rows`` of the same arguments in C and in Python (each on its own copy of the versions)."""
+    events, streams, payloads, hashes, versions, after, at = args
+    native = store._chained_rows(events, streams, payloads, hashes, dict(versions), after, at), dict(versions)
+    os.environ["INCENTIVE_NATIVE"] = "0"
+    try:
+        python = store._chained_rows(events, streams, payloads, hashes, dict(versions), after, at), dict(versions)
+    finally:
+        del os.environ["INCENTIVE_NATIVE"]
+    return native, python
+
+
+@pytest.mark.skipif(
+    store._chain_sqlite is None and not os.environ.get("CI"), reason="the native chain is not built here"
+)
+@given(
+    items=_chained_items,
+    start=st.integers(0, 2**50),
+    first_versions=st.integers(0, 2**40),
+    prev=st.text(),
+    recorded_at=st.text(),
+)
+def test_native_chained_rows_are_the_python_ones(
+    items: list[tuple[Any, ...]], start: int, first_versions: int, prev: str, recorded_at: str
+) -> None:
+    """An append's rows, versions, chain and ``Recorded`` (``store._chained_rows``) are the same built in C
+    (``_chain_sqlite.chained_rows``) as in Python, for any text; the versions dict is moved on alike."""
+    from types import SimpleNamespace
+
+    from incentive_engine.core.projections import Recorded
+
+    events = [SimpleNamespace(type=t, effective=d, event_id=i) for _, t, d, i, _, _ in items]
+    streams = [it[0] for it in items]
+    versions = {s: first_versions + n for n, s in enumerate(sorted(set(streams)))}
+    args = (events, streams, [it[4] for it in items], [it[5] for it in items], versions, (start, prev), recorded_at)
+    native, python = _both_chained_rows(*args)
+    assert native == python
+    native_versions = dict(versions)
+    rows, recorded, head = store._chained_rows(*args[:4], native_versions, *args[5:])
+    assert all(type(r) is Recorded for r in recorded)
+    if items:
+        assert head == (start + len(items), rows[-1][-1], recorded_at)
+        assert [r[0] for r in rows] == list(range(start + 1, start + len(items) + 1))
+        assert native_versions == {**versions, **{s: versions[s] + streams.count(s) for s in streams}}
+        with pytest.raises(AttributeError):  # built through the slots, still frozen
+            recorded[0].position = 0  # type: ignore[misc]
+
+
+@pytest.mark.skipif(
+    store._chain_sqlite is None and not os.environ.get("CI"), reason="the native chain is not built here"
+)
+def test_native_chained_rows_refuse_what_python_refuses() -> None:
+    from types import SimpleNamespace
+
+    ev = SimpleNamespace(type="rep.hired", effective=date(2026, 1, 1), event_id=None)
+    at = "2026-01-01T00:00:00.000000Z"
+    cases = [
+        (KeyError, ([ev], ["rep:R1"], ["{}"], ["h"], {}, (0, GENESIS_HASH), at)),  # no version for the stream
+        (UnicodeEncodeError, ([ev], ["rep:R1"], ["\ud800"], ["h"], {"rep:R1": 0}, (0, GENESIS_HASH), at)),
+        (UnicodeEncodeError, ([ev], ["rep:\ud800"], ["{}"], ["h"], {"rep:\ud800": 0}, (0, GENESIS_HASH), at)),
+        (AttributeError, ([object()], ["rep:R1"], ["{}"], ["h"], {"rep:R1": 0}, (0, GENESIS_HASH), at)),
+    ]
+    for error, args in cases:
+        for native in ("1", "0"):
+            os.environ["INCENTIVE_NATIVE"] = native
+            try:
+                with pytest.raises(error):
+                    store._chained_rows(*args)
+            finally:
+                del os.environ["INCENTIVE_NATIVE"]
+    with pytest.raises((TypeError, ValueError)):  # lengths differ
+        store._chain_sqlite.chained_rows(
+            [ev], [], [], [], {}, 0, GENESIS_HASH, at, store.Recorded, store._RECORDED_SLOTS
+        )
+    with pytest.raises(TypeError):  # a payload that is not text
+        store._chain_sqlite.chained_rows(
+            [ev], ["rep:R1"], [b"{}"], ["h"], {"rep:R1": 0}, 0, GENESIS_HASH, at, store.Recorded, store._RECORDED_SLOTS
+        )
+
+
 # --- idempotency lookups ------------------------------------------------------------------------
 
 

@@ -1833,8 +1833,16 @@ def _chained_rows(
 ) -> tuple[list[tuple[Any, ...]], list[Recorded], tuple[int, str, str]]:
     """The rows (``COLUMNS``) of ``events`` appended after the row at ``after`` (position, chain hash):
     positions on from it, each stream's next version (``versions``, current before, is moved on), the
-    chain hashes. Returns the rows, their ``Recorded`` and the new head (position, hash, recorded_at)."""
+    chain hashes. Returns the rows, their ``Recorded`` and the new head (position, hash, recorded_at).
+    In C where the chain checker is built (``_chain_sqlite.chained_rows``: 0.9 instead of 2.0 us an event
+    of an M month's file), the same loop in Python otherwise (a test compares)."""
     position, prev = after
+    native = getattr(_chain_sqlite, "chained_rows", None)  # None: not built, or built before it had this
+    if native is not None and os.environ.get("INCENTIVE_NATIVE") != "0":
+        rows, recorded, last = native(
+            events, streams, payloads, content_hashes, versions, position, prev, recorded_at, Recorded, _RECORDED_SLOTS
+        )
+        return rows, recorded, (position + len(rows), last, recorded_at)
     unhashed: list[tuple[Any, ...]] = []
     out: list[Recorded] = []
     for ev, stream_id, payload, ch in zip(events, streams, payloads, content_hashes, strict=True):
@@ -1848,7 +1856,13 @@ def _chained_rows(
         out.append(Recorded(position, recorded_at, stream_id, version, ev))
     hashes = chain_hashes(prev, unhashed)
     rows = [(*row, h) for row, h in zip(unhashed, hashes, strict=True)]
-    return rows, out, (position, hashes[-1], recorded_at)
+    return rows, out, (position, hashes[-1] if hashes else prev, recorded_at)
+
+
+# the slot descriptors the native ``chained_rows`` sets each ``Recorded``'s fields through, in its order
+_RECORDED_SLOTS = tuple(
+    Recorded.__dict__[name] for name in ("position", "recorded_at", "stream_id", "stream_version", "event")
+)
 
 
 class AppendPipeline:
@@ -1906,19 +1920,26 @@ class AppendPipeline:
         if not events:
             return
         streams = [stream_of(ev) for ev in events]
-        missing = {s for s in streams if s not in self._versions}
+        # each stream's version: after the batches sent before, else the writer's at the start (lent by
+        # the writer before, ``_lend_versions``; the thread adds to them only streams of batches already
+        # sent, found in the first place), else read. Not copied from one to the other: a month's file
+        # at M names 48,000 streams, and copying them cost 1 us each
+        sent, known = self._versions, self._writer._versions
+        versions: dict[str, int] = {}
+        missing = []
+        for s in set(streams):
+            version = sent.get(s)
+            if version is None:
+                version = known.get(s)
+            if version is None:
+                missing.append(s)
+            else:
+                versions[s] = version
         if missing:
-            # the writer's versions at the start (lent by the writer before, ``_lend_versions``): the
-            # thread adds only streams of batches already sent, which are never missing here
-            known = self._writer._versions
-            self._versions.update((s, known[s]) for s in missing if s in known)
-            missing = {s for s in missing if s not in known}
-        if missing:
-            self._versions.update(_stream_versions(self._reads, missing))
+            versions.update(_stream_versions(self._reads, missing))
         ids = [ev.event_id for ev in events if ev.event_id]
         _refuse_taken_ids(self._reads, ids, self._absent, self._sent_ids)
         base = self._after[0]
-        versions = {s: self._versions[s] for s in set(streams)}
         rows, recorded, head = _chained_rows(
             events, streams, payloads, content_hashes, versions, self._after, self._recorded_at
         )
