@@ -4,6 +4,7 @@ exactly what the general way makes of them: the same event, the same fields give
 from __future__ import annotations
 
 import json
+from datetime import date
 from decimal import Decimal
 
 from hypothesis import HealthCheck, example, given, settings
@@ -100,3 +101,117 @@ def test_a_line_the_fast_way_reads_is_read_alike_the_general_way(day, event_id, 
         assert isinstance(fast.amount, Decimal)
     elif reading._COST_LINE.fullmatch(line):  # the shape, but refused by a check: the general way refuses it too
         assert _general(line) is None
+
+
+# --- the other usual lines (``core.reading._FlatShape``) ------------------------------------------------
+
+USUAL = {
+    "contract.renewed": '{"type": "contract.renewed", "effective": "2030-07-01", "event_id": "crm-ren-059903-3", '
+    '"contract_id": "CT-059903", "acv": "2494443.00", "term_months": 12}',
+    "contract.signed": '{"type": "contract.signed", "effective": "2030-12-01", "event_id": "crm-opp-196637", '
+    '"contract_id": "CT-196637", "account_id": "AC-157008", "rep_id": "REP-3207", "acv": "1588897.67", '
+    '"currency": "CNY", "term_months": 36, "gross_margin": "0.54"}',
+    "kpi.measured": '{"type": "kpi.measured", "effective": "2030-12-31", "rep_id": "REP-0001", "year": 2030, '
+    '"kpi": "csat", "value": "4.2"}',
+    "contract.expanded": '{"type": "contract.expanded", "effective": "2030-12-01", "event_id": "crm-exp-013550-1", '
+    '"contract_id": "CT-013550", "acv_delta": "-54700.00"}',
+    "contract.churned": '{"type": "contract.churned", "effective": "2030-12-01", "event_id": "crm-chn-013365", '
+    '"contract_id": "CT-013365", "reason": "project cancelled"}',
+}
+
+
+def test_every_flat_shape_reads_its_usual_line_as_the_general_way(monkeypatch) -> None:
+    assert set(reading._FLAT_SHAPES) == set(USUAL)
+    for type_, line in USUAL.items():
+        fast = reading._FLAT_SHAPES[type_].read(line)
+        assert fast is not None, type_
+        _same(fast, _general(line))
+    file = "\n".join([*USUAL.values(), TYPICAL, '{"type": "rep.hired", "effective": "2030-01-01"}']).encode()
+    taken: list[str] = []
+    for shape in reading._FLAT_SHAPES.values():
+        monkeypatch.setattr(shape, "read", lambda line, read=shape.read: taken.append(line) or read(line))
+    fast_events, fast_problems = read_events("f.jsonl", file)
+    assert taken == list(USUAL.values())  # each usual line once, no cost line, no other type's
+    monkeypatch.setattr(reading, "_FLAT_SHAPES", {})
+    assert (fast_events, fast_problems) == read_events("f.jsonl", file)  # the same events and problems
+    assert {p.line for p in fast_problems} == {7}  # the rep.hired line, refused the general way
+
+
+def test_flat_lines_of_other_shapes_or_refused_go_the_general_way() -> None:
+    renewed, signed, kpi = USUAL["contract.renewed"], USUAL["contract.signed"], USUAL["kpi.measured"]
+    for type_, line in (
+        ("contract.renewed", renewed.replace('"2494443.00"', "2494443.00")),  # a JSON number
+        ("contract.renewed", renewed.replace('"2494443.00"', '"0.00"')),  # not greater than zero
+        ("contract.renewed", renewed.replace(": 12}", ": 121}")),  # out of range
+        ("contract.renewed", renewed.replace(": 12}", ": 012}")),  # not JSON
+        ("contract.renewed", renewed.replace(": 12}", ': "12"}')),  # a string where a number is written
+        ("contract.signed", signed.replace('"CNY"', '"XXX"')),  # not a currency
+        ("contract.signed", signed.replace('"CNY"', '"JPY"')),  # more digits than the currency has
+        ("contract.signed", signed.replace('"0.54"', '"1.01"')),  # out of range
+        ("kpi.measured", kpi.replace('"4.2"', '"5.5"')),  # a CSAT above 5
+        ("kpi.measured", kpi.replace('"csat"', '"CSAT"')),  # not a KPI name
+        ("contract.expanded", USUAL["contract.expanded"].replace("-54700.00", "-0")),  # zero
+        ("contract.churned", USUAL["contract.churned"].replace("project cancelled", "")),  # empty
+        ("contract.churned", USUAL["contract.churned"].replace("project", "pro\\u006aect")),  # an escape
+        ("contract.churned", USUAL["contract.churned"].replace("}", ', "extra": 1}')),  # an unknown key
+    ):
+        assert reading._FLAT_SHAPES[type_].read(line) is None, line
+
+
+_decimal_text = st.one_of(
+    _digits, st.decimals(allow_nan=False, allow_infinity=False).map(str), st.sampled_from(["0", "-0", "1.0", "1e3"])
+)
+_plain_decimal = (
+    st.integers(0, 4)
+    .flatmap(lambda places: st.decimals(min_value=-(10**7), max_value=10**7, places=places, allow_nan=False))
+    .map(str)
+)
+# each kind's values of the usual shape (in range or just outside it), and values of any shape
+_usual_by_kind = {
+    "id": st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,20}", fullmatch=True),
+    "positive": _plain_decimal.map(lambda d: d.lstrip("-")),
+    "decimal": _plain_decimal,
+    "int": st.integers(1, 120) | st.integers(1900, 2200) | st.sampled_from([0, -0, 121, 1899, 2201]),
+    "currency": st.sampled_from(["USD", "JPY", "KWD", "CNY", "XXX"]),
+    "kpi": st.sampled_from(["csat", "nps", "revenue_attainment", "x" * 65]),
+    "text": st.text(
+        st.characters(codec="utf-8", exclude_categories=("Cs", "Cc"), exclude_characters='"\\'), min_size=1
+    ),
+}
+_any_value = st.one_of(_id, _decimal_text, st.integers(-3, 3), _text, st.none(), st.booleans())
+_usual_day = st.dates(min_value=date(2000, 1, 1), max_value=date(2100, 12, 31)).map(str)
+
+
+@st.composite
+def _flat_line(draw: st.DrawFn) -> tuple[str, str]:
+    """A line of one of the flat types: its fields in the usual order, each value of its kind (valid or
+    not) or now and then of another JSON type; optional fields and the event id present or not."""
+    type_ = draw(st.sampled_from(sorted(reading._FLAT_SHAPES)))
+    colon, comma = draw(st.sampled_from([": ", ":"])), draw(st.sampled_from([", ", ","]))
+    fields: list[tuple[str, object]] = [
+        ("type", type_),
+        ("effective", draw(_day if draw(st.integers(0, 15)) == 0 else _usual_day)),
+    ]
+    if draw(st.booleans()):
+        fields.append(("event_id", draw(st.from_regex(r"[a-z0-9-]{1,20}", fullmatch=True) | _text)))
+    for name, kind, optional in reading._FLAT_SHAPES[type_].fields:
+        if optional and draw(st.booleans()):
+            continue
+        fields.append((name, draw(_any_value if draw(st.integers(0, 15)) == 0 else _usual_by_kind[kind])))
+    line = "{" + comma.join(f"{json.dumps(k)}{colon}{json.dumps(v, ensure_ascii=False)}" for k, v in fields) + "}"
+    return type_, line
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_flat_line())
+@example(("kpi.measured", '{"type": "kpi.measured", "effective": "2030-12-31", "rep_id": "R1", "year": 2030, '
+          '"kpi": "nps", "value": "-100"}'))  # fmt: skip
+@example(("contract.signed", USUAL["contract.signed"].replace(', "gross_margin": "0.54"', "")))
+def test_a_flat_line_the_fast_way_reads_is_read_alike_the_general_way(case: tuple[str, str]) -> None:
+    type_, line = case
+    shape = reading._FLAT_SHAPES[type_]
+    fast = shape.read(line)
+    if fast is not None:
+        _same(fast, _general(line))
+    elif shape.match(line):  # the shape, but refused by a check: the general way refuses it too
+        assert _general(line) is None, line
