@@ -433,6 +433,45 @@ def test_a_file_in_batches_is_deduplicated_as_a_whole(tmp_path, db_kind, fresh_d
     ]
 
 
+def test_ids_given_again_after_a_batch_of_new_events_are_found(tmp_path, db_kind, fresh_db_urls, monkeypatch):
+    """A batch of only new events takes the deduplicator's one step (``_Deduplicator.__call__``); the ids
+    it gave are still known to the batches after it, and an id given twice within one batch is found."""
+    a, b, c = COSTS[10], COSTS[11], COSTS[12]
+    rows = [
+        a,
+        b,
+        c,
+        dict(a),
+        dict(b, amount="7.77"),
+        COSTS[13],
+        COSTS[14],
+        dict(COSTS[14]),
+        dict(COSTS[14], amount="1"),
+    ]
+    outcomes = []
+    for size in (3, 100_000):
+        url = fresh_db_urls(db_kind)
+        monkeypatch.setattr(reading, "BATCH_LINES", size)
+        ledger = Ledger(url)
+        ledger.init()
+        _prepared(ledger, tmp_path)
+        (result,) = service.ingest_files(ledger, [write(tmp_path / "again.jsonl", rows)])
+        ledger.dispose()
+        outcomes.append((result.appended, result.skipped, [(p.line, p.field, p.reason) for p in result.problems]))
+    assert (
+        outcomes[0]
+        == outcomes[1]
+        == (
+            0,
+            4,
+            [
+                (5, "event_id", "'k12' is used on line 2 with different content"),
+                (9, "event_id", "'k15' is used on line 7 with different content"),
+            ],
+        )
+    )
+
+
 def test_a_commit_that_fails_drops_the_projection_folded_beside_it(ledger, tmp_path, monkeypatch):
     """The process's projection takes in a file's events while the writer commits them; should the
     commit fail, the projection (ahead of the ledger) is dropped, and the next read folds the ledger."""

@@ -147,7 +147,8 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
     file passed does the writer commit. Any problem: the writer rolls back, and the file gets its every
     problem (of reading, deduplication and the rules), nothing written."""
     problems: list[Problem] = []
-    new: list[tuple[int, Event, str, str]] = []
+    lines: list[int] = []  # the new events' line numbers, and the events
+    events: list[Event] = []
     refused: Exception | None = None  # the append's own refusal: raised unless the file has problems
     with ledger.writer() as w:
         # a process that holds the whole ledger's projection brings it up to date before anything is inserted
@@ -158,20 +159,19 @@ def _ingest(ledger: Ledger, source: str, data: bytes, progress: Progress | None)
                 problems += found
                 if not parsed:
                     continue
-                payloads = [payload_json(e) for _, e in parsed]  # once, for deduplication and append
-                fresh, found = deduplicate(parsed, payloads)
+                fresh, found = deduplicate(parsed)
                 problems += found
-                new += fresh
-                if fresh and not problems and refused is None:
+                lines += fresh.lines
+                events += fresh.events
+                if fresh.events and not problems and refused is None:
                     try:
-                        pipeline.send([e for _, e, _, _ in fresh], [p for _, _, p, _ in fresh], [h for *_, h in fresh])
+                        pipeline.send(fresh.events, fresh.payloads, fresh.hashes)
                     except Exception as exc:
                         refused = exc
-            events = [e for _, e, _, _ in new]
             # reference rules run on every line that parsed, even when others did not: every error is reported
             if state is None:
                 state = _entities_state(reads if reads is not None else w.conn, events)
-            problems += [Problem(source, new[r.index][0], r.field, r.reason) for r in check_batch(state, events)]
+            problems += [Problem(source, lines[r.index], r.field, r.reason) for r in check_batch(state, events)]
             if problems:  # the writer's transaction rolls back: nothing of the file stays written
                 problems.sort(key=lambda p: p.line or 0)
                 raise _Abort(IngestResult(source, skipped=deduplicate.skipped, problems=problems))
@@ -224,6 +224,16 @@ def ingest_files(ledger: Ledger, paths: list[Path], progress: Progress | None = 
     return results
 
 
+@dataclass
+class _Fresh:
+    """A batch's new events, with their line numbers, canonical payloads and content hashes (in step)."""
+
+    lines: list[int]
+    events: list[Event]
+    payloads: list[str]
+    hashes: list[str]
+
+
 class _Deduplicator:
     """Idempotent re-ingest: skip events already in the ledger (by event_id, else by content). Called on a
     file's batches in order, it answers as on the whole file at once: every lookup is of the ledger as
@@ -237,25 +247,41 @@ class _Deduplicator:
         self.seen_ids: dict[str, tuple[str, int]] = {}
         self.stored_counts: dict[str, int] = {}
 
-    def __call__(
-        self, parsed: list[tuple[int, Event]], payloads: list[str]
-    ) -> tuple[list[tuple[int, Event, str, str]], list[Problem]]:
-        """The new events of a batch, as (line, event, canonical payload, content hash), and its problems."""
-        source, seen_ids, stored_counts = self.source, self.seen_ids, self.stored_counts
-        effectives = [e.effective.isoformat() for _, e in parsed]
-        hashes = content_hashes([e.type for _, e in parsed], effectives, payloads)
-        stored_ids = self.lookups.event_id_hashes([e.event_id for _, e in parsed if e.event_id])
-        unseen = [
-            (d, h)
-            for (_, e), d, h in zip(parsed, effectives, hashes, strict=True)
-            if not e.event_id and h not in stored_counts
-        ]
+    def __call__(self, parsed: list[tuple[int, Event]]) -> tuple[_Fresh, list[Problem]]:
+        """The batch's new events and its problems."""
+        stored_counts = self.stored_counts
+        lines = [line for line, _ in parsed]
+        events = [e for _, e in parsed]
+        payloads = [payload_json(e) for e in events]  # once, for deduplication and the append
+        effectives = [e.effective.isoformat() for e in events]
+        hashes = content_hashes([e.type for e in events], effectives, payloads)
+        ids = [e.event_id for e in events]
+        given = [i for i in ids if i]
+        stored_ids = self.lookups.event_id_hashes(given)
+        unseen = [(d, h) for i, d, h in zip(ids, effectives, hashes, strict=True) if not i and h not in stored_counts]
         found = self.lookups.content_hash_counts(unseen)
         for _, h in unseen:
             stored_counts.setdefault(h, found.get(h, 0))
-        new: list[tuple[int, Event, str, str]] = []
+        if (
+            not stored_ids
+            and len(set(given)) == len(given)
+            and self.seen_ids.keys().isdisjoint(given)
+            and not any(stored_counts[h] for i, h in zip(ids, hashes, strict=True) if not i)
+        ):
+            # the usual batch: no event of it stored, no id given twice: every event is new, as they come
+            self.seen_ids.update(
+                (i, (h, line)) for i, h, line in zip(ids, hashes, lines, strict=True) if i
+            )  # fmt: skip
+            return _Fresh(lines, events, payloads, hashes), []
+        return self._one_by_one(lines, events, payloads, hashes, stored_ids)
+
+    def _one_by_one(
+        self, lines: list[int], events: list[Event], payloads: list[str], hashes: list[str], stored_ids: dict[str, str]
+    ) -> tuple[_Fresh, list[Problem]]:
+        source, seen_ids, stored_counts = self.source, self.seen_ids, self.stored_counts
+        fresh = _Fresh([], [], [], [])
         problems: list[Problem] = []
-        for (line, event), h, payload in zip(parsed, hashes, payloads, strict=True):
+        for line, event, payload, h in zip(lines, events, payloads, hashes, strict=True):
             if event.event_id:
                 earlier, where = stored_ids.get(event.event_id), "already in the ledger"
                 if earlier is None and event.event_id in seen_ids:
@@ -272,8 +298,11 @@ class _Deduplicator:
                 stored_counts[h] -= 1
                 self.skipped += 1
                 continue
-            new.append((line, event, payload, h))
-        return new, problems
+            fresh.lines.append(line)
+            fresh.events.append(event)
+            fresh.payloads.append(payload)
+            fresh.hashes.append(h)
+        return fresh, problems
 
 
 # --- cycles ---------------------------------------------------------------------------------------------
