@@ -404,23 +404,30 @@ def _files_in_batches(tmp_path: Path) -> list[Path]:
     return [first, second, bad]
 
 
+def _ingested_in_batches(size, tmp_path, db_kind, fresh_db_urls, monkeypatch, files) -> tuple[list, str]:
+    """Ingest ``files(tmp_path)`` read ``size`` lines a batch into a fresh prepared ledger: each file's
+    (appended, skipped, problems), and the digest of the ledger's state after them."""
+    url = fresh_db_urls(db_kind)
+    monkeypatch.setattr(reading, "BATCH_LINES", size)
+    ledger = Ledger(url)
+    ledger.init()
+    _prepared(ledger, tmp_path)
+    results = service.ingest_files(ledger, files(tmp_path))
+    state = project(ledger.read())
+    ledger.dispose()
+    return (
+        [(r.appended, r.skipped, [(p.line, p.field, p.reason) for p in r.problems]) for r in results],
+        state_digest(state),
+    )
+
+
 def test_a_file_in_batches_is_deduplicated_as_a_whole(tmp_path, db_kind, fresh_db_urls, monkeypatch):
     """Lookups are of the ledger as it was before the file, whatever batch a line falls in: batches of 3
     lines and one batch give the same appends, skips, problems and ledger."""
-    outcomes = []
-    for size in (3, 100_000):
-        url = fresh_db_urls(db_kind)
-        monkeypatch.setattr(reading, "BATCH_LINES", size)
-        ledger = Ledger(url)
-        ledger.init()
-        _prepared(ledger, tmp_path)
-        results = service.ingest_files(ledger, _files_in_batches(tmp_path))
-        state = project(ledger.read())
-        ledger.dispose()
-        outcomes.append(
-            ([(r.appended, r.skipped, [(p.line, p.field, p.reason) for p in r.problems]) for r in results],
-             state_digest(state))
-        )  # fmt: skip
+    outcomes = [
+        _ingested_in_batches(size, tmp_path, db_kind, fresh_db_urls, monkeypatch, _files_in_batches)
+        for size in (3, 100_000)
+    ]
     assert outcomes[0] == outcomes[1]
     (first, second, bad), _ = outcomes[0]
     assert first[:2] == (2, 0)
@@ -448,16 +455,12 @@ def test_ids_given_again_after_a_batch_of_new_events_are_found(tmp_path, db_kind
         dict(COSTS[14]),
         dict(COSTS[14], amount="1"),
     ]
-    outcomes = []
-    for size in (3, 100_000):
-        url = fresh_db_urls(db_kind)
-        monkeypatch.setattr(reading, "BATCH_LINES", size)
-        ledger = Ledger(url)
-        ledger.init()
-        _prepared(ledger, tmp_path)
-        (result,) = service.ingest_files(ledger, [write(tmp_path / "again.jsonl", rows)])
-        ledger.dispose()
-        outcomes.append((result.appended, result.skipped, [(p.line, p.field, p.reason) for p in result.problems]))
+    outcomes = [
+        _ingested_in_batches(
+            size, tmp_path, db_kind, fresh_db_urls, monkeypatch, lambda d: [write(d / "again.jsonl", rows)]
+        )[0][0]
+        for size in (3, 100_000)
+    ]
     assert (
         outcomes[0]
         == outcomes[1]

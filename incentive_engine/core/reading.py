@@ -91,20 +91,26 @@ _DAYS: dict[str, date] = {}
 _new, _set = object.__new__, object.__setattr__
 
 
+def _day(text: str) -> date | None:
+    """The calendar date of a YYYY-MM-DD of ASCII digits (kept for the next line), or None if there is none."""
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        return None
+    if len(_DAYS) < 100_000:
+        _DAYS[text] = day
+    return day
+
+
 def _cost_line(line: str) -> ServiceCost | None:
     """The service cost a line of ``_COST_LINE``'s shape is, or None (the line goes the general way)."""
     m = _COST_LINE.fullmatch(line)
     if m is None:
         return None
     effective, event_id, contract_id, amount = m.groups()
-    day = _DAYS.get(effective)
+    day = _DAYS.get(effective) or _day(effective)
     if day is None:
-        try:
-            day = date.fromisoformat(effective)
-        except ValueError:
-            return None
-        if len(_DAYS) < 100_000:
-            _DAYS[effective] = day
+        return None
     # what ``ServiceCost.model_construct`` builds (pydantic 2: the fields, the set of those given, no
     # extra, no private attributes), without its walk over the model's fields
     event = _new(ServiceCost)
@@ -189,14 +195,9 @@ class _FlatShape:
         if m is None:
             return None
         effective, event_id, *texts = m.groups()
-        day = _DAYS.get(effective)
+        day = _DAYS.get(effective) or _day(effective)
         if day is None:
-            try:
-                day = date.fromisoformat(effective)
-            except ValueError:
-                return None
-            if len(_DAYS) < 100_000:
-                _DAYS[effective] = day
+            return None
         values = self.blank.copy()
         values["effective"] = day
         given = {"type", "effective"}
