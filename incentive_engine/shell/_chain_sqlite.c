@@ -551,8 +551,8 @@ static PyObject *chain(PyObject *self, PyObject *args) {
  * (COLUMNS: the record's eight fields, the content hash, the chain hash) and its Recorded. The Recorded
  * is built as the dataclass's own __init__ builds it: a new instance whose five slots are set through
  * their descriptors (``recorded_fields``: the slot descriptors of position, recorded_at, stream_id,
- * stream_version, event), which is what object.__setattr__ does; without the Python frames (2.0 against
- * 0.9 us an event). A test compares it with the Python loop on any batch. */
+ * stream_version, event), which is what object.__setattr__ does; without the Python frames (3.17 against
+ * 1.15 us an event of the November M file). A test compares it with the Python loop on any batch. */
 static PyObject *chained_rows(PyObject *self, PyObject *args) {
     PyObject *events, *streams, *payloads, *hashes, *versions, *rtype, *rfields, *at_obj;
     long long position;
