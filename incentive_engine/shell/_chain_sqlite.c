@@ -690,8 +690,7 @@ static PyObject *content_hashes(PyObject *self, PyObject *args) {
     PyObject *es = ts ? PySequence_Fast(effs, "content_hashes: effectives must be a sequence") : NULL;
     PyObject *ps = es ? PySequence_Fast(payloads, "content_hashes: payloads must be a sequence") : NULL;
     PyObject *out = NULL;
-    EVP_MD_CTX *ctx = NULL;
-    EVP_MD *md = NULL;
+    digest_t dg = {0};
     buf_t text = {0};
     if (!ps) goto done;
     Py_ssize_t n = PySequence_Fast_GET_SIZE(ts);
@@ -699,12 +698,7 @@ static PyObject *content_hashes(PyObject *self, PyObject *args) {
         PyErr_SetString(PyExc_ValueError, "content_hashes: the three sequences differ in length");
         goto done;
     }
-    ctx = EVP_MD_CTX_new();
-    md = EVP_MD_fetch(NULL, "SHA256", NULL);
-    if (!ctx || !md) {
-        PyErr_SetString(PyExc_MemoryError, "content_hashes: no digest context");
-        goto done;
-    }
+    if (!digest_begin(&dg, "content_hashes")) goto done;
     out = PyList_New(n);
     if (!out) goto done;
     for (Py_ssize_t i = 0; i < n; i++) {
@@ -725,7 +719,7 @@ static PyObject *content_hashes(PyObject *self, PyObject *args) {
             }
         }
         char hx[64];
-        if (!digest_hex(ctx, md, text.data, text.len, NULL, 0, NULL, 0, hx)) {
+        if (!digest_hex(dg.ctx, dg.md, text.data, text.len, NULL, 0, NULL, 0, hx)) {
             PyErr_SetString(PyExc_RuntimeError, "content_hashes: digest failure");
             goto failed;
         }
@@ -738,8 +732,7 @@ failed:
     Py_CLEAR(out);
 done:
     free(text.data);
-    if (md) EVP_MD_free(md);
-    if (ctx) EVP_MD_CTX_free(ctx);
+    digest_end(&dg);
     Py_XDECREF(ps);
     Py_XDECREF(es);
     Py_XDECREF(ts);
