@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint bench clean
 
-$(STAMP): pyproject.toml setup.py incentive_engine/shell/_chain_sqlite.c incentive_engine/shell/_contract_facts_sqlite.c
+$(STAMP): pyproject.toml setup.py incentive_engine/shell/_chain_sqlite.c incentive_engine/shell/_contract_facts_sqlite.c incentive_engine/core/_lines.c
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

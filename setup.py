@@ -19,6 +19,12 @@ setup(
             optional=True,
         ),
         Extension(
+            "incentive_engine.core._lines",
+            ["incentive_engine/core/_lines.c"],
+            extra_compile_args=["-O2"],
+            optional=True,
+        ),
+        Extension(
             "incentive_engine.shell._contract_facts_sqlite",
             ["incentive_engine/shell/_contract_facts_sqlite.c"],
             libraries=["sqlite3"],

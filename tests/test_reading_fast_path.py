@@ -1,17 +1,21 @@
-"""The service-cost lines read without the JSON decoder and pydantic (``core.reading._cost_line``) must be
-exactly what the general way makes of them: the same event, the same fields given, or the general way."""
+"""The service-cost lines read without the JSON decoder and pydantic (``core.reading._cost_line``, and its C
+twin ``core._lines.cost_line``) must be exactly what the general way makes of them: the same event, the
+same fields given, and the canonical payload ``events.payload_json`` writes, or the general way."""
 
 from __future__ import annotations
 
 import json
+import os
 from datetime import date
 from decimal import Decimal
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from incentive_engine.core import reading
-from incentive_engine.core.reading import _LINE_DECODER, _cost_line, read_events, to_event
+from incentive_engine.core.events import payload_json
+from incentive_engine.core.reading import _LINE_DECODER, _cost_line, read_event_batches, read_events, to_event
 
 TYPICAL = '{"type": "service.cost", "effective": "2030-11-01", "contract_id": "CT-003550", "amount": "1261.84"}'
 
@@ -38,22 +42,56 @@ def _same(fast, general) -> None:
     assert fast.model_dump() == general.model_dump()
 
 
-def test_the_usual_lines_take_the_fast_way_and_get_the_general_ways_event(monkeypatch) -> None:
+def _same_cost(read, line: str) -> None:
+    """``read`` (a cost-line reader's answer) is the general way's event, with its canonical payload or None."""
+    assert read is not None, line
+    fast, payload = read
+    _same(fast, _general(line))
+    assert payload is None or payload == payload_json(fast)
+
+
+# the Python reader, and the C one where it is built (CI builds it: it must not be skipped there)
+_NATIVE = pytest.param(
+    reading._lines.cost_line if reading._lines is not None else None,
+    marks=pytest.mark.skipif(
+        reading._lines is None and not os.environ.get("CI"), reason="the C reader is not built here"
+    ),
+    id="C",
+)
+READERS = [pytest.param(_cost_line, id="python"), _NATIVE]
+
+
+@pytest.mark.parametrize("read_cost", READERS)
+def test_the_usual_lines_take_the_fast_way_and_get_the_general_ways_event(monkeypatch, read_cost) -> None:
     with_id = TYPICAL.replace('"contract_id"', '"event_id": "crm-cost-\u00e9-7", "contract_id"')
     compact = TYPICAL.replace(": ", ":").replace(", ", ",")
     for line in (TYPICAL, with_id, compact, TYPICAL.replace("1261.84", "0"), TYPICAL.replace("1261.84", "007.50")):
-        fast = _cost_line(line)
-        assert fast is not None, line
-        _same(fast, _general(line))
+        _same_cost(read_cost(line), line)
+    assert read_cost(TYPICAL)[1] == '{"amount":"1261.84","contract_id":"CT-003550"}'
+    assert read_cost(TYPICAL.replace("1261.84", "007.50"))[1] is None  # not as written: payload_json writes 7.50
+    assert read_cost(TYPICAL.replace("1261.84", "0.50"))[1] == '{"amount":"0.50","contract_id":"CT-003550"}'
+    monkeypatch.setattr(reading, "_cost_reader", lambda: read_cost)
     (read,), problems = read_events("f.jsonl", (with_id + "\n").encode())
     assert problems == [] and read[0] == 1 and read[1].event_id == "crm-cost-\u00e9-7"
     taken: list[str] = []
-    monkeypatch.setattr(reading, "_cost_line", lambda line: taken.append(line) or _cost_line(line))
-    read_events("f.jsonl", "\n".join([TYPICAL, compact, '{"type": "rep.hired"}']).encode())
+    monkeypatch.setattr(reading, "_cost_reader", lambda: lambda line: taken.append(line) or read_cost(line))
+    file = "\n".join([TYPICAL, compact, USUAL["contract.renewed"]]).encode()
+    (((first, second, renewal), problems),) = read_event_batches("f.jsonl", file)
     assert taken == [TYPICAL, compact]  # both separators' lines take it, no other type's
+    assert problems == [] and first[2] == second[2] == payload_json(first[1])  # the reader's payload, handed on
+    assert renewal[2] is None  # written later, by payload_json
 
 
-def test_other_shapes_go_the_general_way() -> None:
+def test_the_c_reader_is_the_one_files_are_read_with_unless_turned_off(monkeypatch) -> None:
+    if reading._lines is None:
+        pytest.skip("the C reader is not built here")
+    assert reading._cost_reader() is reading._lines.cost_line
+    monkeypatch.setenv("INCENTIVE_NATIVE", "0")
+    assert reading._cost_reader() is _cost_line
+
+
+@pytest.mark.parametrize("read_cost", READERS)
+def test_other_shapes_go_the_general_way(read_cost) -> None:
     for line in (
         TYPICAL.replace('"amount": "1261.84"', '"amount": 1261.84'),  # a JSON number
         TYPICAL.replace('"amount": "1261.84"', '"amount": "-1"'),  # refused by the model: reported there
@@ -62,8 +100,15 @@ def test_other_shapes_go_the_general_way() -> None:
         TYPICAL.replace('"contract_id"', '"event_id": "", "contract_id"'),  # an empty id means none
         TYPICAL + " ",
         TYPICAL.replace("}", ', "amount": "1"}'),  # a key twice: the general way refuses it
+        TYPICAL.replace('"1261.84"', '"1234567890123456"'),  # more digits than the pattern allows
+        TYPICAL.replace('"1261.84"', '"1."'),  # no digits after the point
+        TYPICAL.replace('"contract_id"', '"event_id": "' + "e" * 129 + '", "contract_id"'),  # too long an id
+        TYPICAL.replace("CT-003550", "C" * 65),  # too long a contract id
+        TYPICAL.replace("CT-003550", "-CT"),  # a contract id starts with a letter or digit
+        TYPICAL.replace('"type": ', '"type":  '),  # two spaces
+        TYPICAL[:-1],  # cut short
     ):
-        assert _cost_line(line) is None, line
+        assert read_cost(line) is None, line
     events, problems = read_events("f.jsonl", TYPICAL.replace('"1261.84"', '"-1"').encode())
     assert events == [] and [(p.line, p.field) for p in problems] == [(1, "amount")]
 
@@ -86,7 +131,10 @@ _id = st.one_of(st.from_regex(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,70}", fullmatch=Tr
 @example(day="2030-11-01", event_id="x\x7f", contract_id="C1", amount="1", colon=": ", comma=", ")
 @example(day="0000-01-01", event_id=None, contract_id="C1", amount="1", colon=": ", comma=", ")
 @example(day="2030-11-01", event_id=None, contract_id="C1", amount="1234567890123456", colon=": ", comma=", ")
+@example(day="2030-11-01", event_id="\u00e9\U0001f600", contract_id="C1", amount="00.10", colon=":", comma=",")
 def test_a_line_the_fast_way_reads_is_read_alike_the_general_way(day, event_id, contract_id, amount, colon, comma):
+    """Both readers, on the same line: the same answer (an event and payload, or None), the general way's."""
+
     def s(value: str) -> str:
         return json.dumps(value, ensure_ascii=False)
 
@@ -95,10 +143,16 @@ def test_a_line_the_fast_way_reads_is_read_alike_the_general_way(day, event_id, 
         fields.append(("event_id", s(event_id)))
     fields += [("contract_id", s(contract_id)), ("amount", s(amount))]
     line = "{" + comma.join(f'"{k}"{colon}{v}' for k, v in fields) + "}"
-    fast = _cost_line(line)
-    if fast is not None:
-        _same(fast, _general(line))
-        assert isinstance(fast.amount, Decimal)
+    read = _cost_line(line)
+    if reading._lines is not None:
+        native = reading._lines.cost_line(line)
+        assert (native is None) == (read is None), line
+        if native is not None:
+            _same_cost(native, line)
+            assert native[1] == read[1]
+    if read is not None:
+        _same_cost(read, line)
+        assert isinstance(read[0].amount, Decimal)
     elif reading._COST_LINE.fullmatch(line):  # the shape, but refused by a check: the general way refuses it too
         assert _general(line) is None
 

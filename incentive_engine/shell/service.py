@@ -247,12 +247,13 @@ class _Deduplicator:
         self.seen_ids: dict[str, tuple[str, int]] = {}
         self.stored_counts: dict[str, int] = {}
 
-    def __call__(self, parsed: list[tuple[int, Event]]) -> tuple[_Fresh, list[Problem]]:
+    def __call__(self, parsed: list[tuple[int, Event, str | None]]) -> tuple[_Fresh, list[Problem]]:
         """The batch's new events and its problems."""
         stored_counts = self.stored_counts
-        lines = [line for line, _ in parsed]
-        events = [e for _, e in parsed]
-        payloads = [payload_json(e) for e in events]  # once, for deduplication and the append
+        lines = [line for line, _, _ in parsed]
+        events = [e for _, e, _ in parsed]
+        # once, for deduplication and the append (most lines' the reader wrote as it read them)
+        payloads = [p if p is not None else payload_json(e) for _, e, p in parsed]
         effectives = [e.effective.isoformat() for e in events]
         hashes = content_hashes([e.type for e in events], effectives, payloads)
         ids = [e.event_id for e in events]
