@@ -6,6 +6,7 @@ line of output.
     python bench/phases.py close    DB_URL PERIOD                 one monthly close, in a cold process
     python bench/phases.py verify   DB_URL                        Ledger.verify() alone
     python bench/phases.py replay   DB_URL                        the full fold (load_state) alone
+    python bench/phases.py floor    DB_URL EMPTY_DB_URL           the ingested rows again, by the driver alone
     python bench/phases.py peer     DB_URL DATA_DIR [BUDGET_S]    the eventsourcing library: append, then read
     python bench/phases.py cli      DB_URL ARGS...                the incentive command (output discarded)
 """
@@ -119,6 +120,59 @@ def replay(url: str) -> None:
         events=state.position, seconds=round(took, 3), eps=round(state.position / took), digest=state_digest(state),
         ended=ended,
     )  # fmt: skip
+
+
+def floor(url: str, fresh: str) -> None:
+    """The database's own floor under the ingest: every row the ledger at ``url`` got from ingested files
+    inserted again, in position order, into the empty ledger ``fresh`` (same schema, triggers and
+    connection settings), by the driver alone and as the engine's writer does it: one transaction a
+    file, SQLite in multi-row INSERTs of the writer's size, PostgreSQL by COPY. Nothing else: no
+    reading, validation, rules, deduplication, hashing or projection, and the parameters are built
+    before the clock starts. A file's rows are those of one ``recorded_at`` (one append); the closes'
+    and plans' appends go in between, untimed, as does SQLite's checkpoint after each commit (the
+    engine runs it in a thread beside its next step). What the ingest would reach if everything above
+    the database cost nothing."""
+    from itertools import chain, groupby
+
+    from incentive_engine.core.events import ENGINE_TYPES
+    from incentive_engine.shell.store import _ROWS_PER_INSERT, Ledger
+    from incentive_engine.shell.tables import COLUMNS, TABLE
+
+    source, target = Ledger(url), Ledger(fresh)
+    target.init()
+    names = ", ".join(COLUMNS)
+    kind = COLUMNS.index("type")
+    timed_rows, timed_s, files = 0, 0.0, 0
+    with target.engine.connect() as conn:
+        dbapi: Any = conn.connection.dbapi_connection
+        sqlite = conn.dialect.name == "sqlite"  # (the pool set its pragmas when it opened the connection)
+        one = "(" + ", ".join(["?"] * len(COLUMNS)) + ")"
+        for _, group in groupby(source.read_rows(), key=lambda row: row[COLUMNS.index("recorded_at")]):
+            rows = list(group)
+            if sqlite:
+                statements = [
+                    (f"INSERT INTO {TABLE} ({names}) VALUES " + ", ".join([one] * len(part)), list(chain(*part)))
+                    for part in (rows[i : i + _ROWS_PER_INSERT] for i in range(0, len(rows), _ROWS_PER_INSERT))
+                ]
+            t = time.perf_counter()
+            if sqlite:
+                dbapi.execute("BEGIN IMMEDIATE")
+                for sql, params in statements:
+                    dbapi.execute(sql, params)
+                dbapi.execute("COMMIT")
+            else:
+                with dbapi.cursor() as cur, cur.copy(f"COPY {TABLE} ({names}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                dbapi.commit()
+            took = time.perf_counter() - t
+            if sqlite:
+                dbapi.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            if not any(row[kind] in ENGINE_TYPES for row in rows):
+                timed_rows, timed_s, files = timed_rows + len(rows), timed_s + took, files + 1
+    target.dispose()
+    source.dispose()
+    _done(rows=timed_rows, files=files, seconds=round(timed_s, 2), eps=round(timed_rows / timed_s))
 
 
 def peer(url: str, data: str, budget: str = "0") -> None:
@@ -248,7 +302,9 @@ def cli(url: str, *args: str) -> None:
     _done()
 
 
-PHASES = {"build": build, "close": close, "verify": verify, "replay": replay, "peer": peer, "cli": cli}
+PHASES = {
+    "build": build, "close": close, "verify": verify, "replay": replay, "floor": floor, "peer": peer, "cli": cli,
+}  # fmt: skip
 
 if __name__ == "__main__":
     PHASES[sys.argv[1]](*sys.argv[2:])

@@ -257,6 +257,10 @@ def run_one(
     verified = phase("verify", url)
     replayed = phase("replay", url)
     wall, _ = phases_together(("verify", url), ("replay", url))
+    say("    the database alone: the ingested rows again, by the driver")
+    floor_url = dbs.new(kind, f"{size.name}_{kind}_floor")
+    floor = phase("floor", url, floor_url)
+    dbs.discard(floor_url)
     out: dict[str, Any] = {
         "size": size.name,
         "db": kind,
@@ -292,6 +296,9 @@ def run_one(
         "replay_verify_seq_eps": round(verified["events"] / (verified["seconds"] + replayed["seconds"])),
         "replay_verify_par_eps": round(verified["events"] / wall),
         "replay_verify_events": verified["events"],
+        "floor_rows": floor["rows"],
+        "floor_s": floor["seconds"],
+        "floor_eps": floor["eps"],
     }
     if peer:
         say("    peer: eventsourcing append + read")
@@ -392,6 +399,13 @@ def table(rows: list[dict[str, Any]]) -> str:
             lines.append(
                 f"{r['size']:<4} {r['db']:<9} `incentive ingest` of the last month's file ({r['ingest_cli_events']:,} "
                 f"events), fresh process: {r['ingest_cli_s']:.2f} s, peak RSS {r['ingest_cli_rss_mb']:.0f} MB"
+            )
+    for r in rows:
+        if "floor_eps" in r:
+            lines.append(
+                f"{r['size']:<4} {r['db']:<9} the database alone (the {r['floor_rows']:,} ingested rows inserted again "
+                f"by the driver, one transaction a file): {r['floor_eps']:,} rows/s; the ingest is "
+                f"{100 * r['ingest_eps'] / r['floor_eps']:.0f}% of it"
             )
     for r in rows:
         if "show_json_s" in r:
