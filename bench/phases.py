@@ -141,13 +141,13 @@ def floor(url: str, fresh: str) -> None:
     source, target = Ledger(url), Ledger(fresh)
     target.init()
     names = ", ".join(COLUMNS)
-    kind = COLUMNS.index("type")
+    kind, recorded = COLUMNS.index("type"), COLUMNS.index("recorded_at")
     timed_rows, timed_s, files = 0, 0.0, 0
     with target.engine.connect() as conn:
         dbapi: Any = conn.connection.dbapi_connection
         sqlite = conn.dialect.name == "sqlite"  # (the pool set its pragmas when it opened the connection)
         one = "(" + ", ".join(["?"] * len(COLUMNS)) + ")"
-        for _, group in groupby(source.read_rows(), key=lambda row: row[COLUMNS.index("recorded_at")]):
+        for _, group in groupby(source.read_rows(), key=lambda row: row[recorded]):
             rows = list(group)
             if sqlite:
                 statements = [
