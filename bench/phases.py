@@ -135,7 +135,7 @@ def floor(url: str, fresh: str) -> None:
     from itertools import chain, groupby
 
     from incentive_engine.core.events import ENGINE_TYPES
-    from incentive_engine.shell.store import _ROWS_PER_INSERT, Ledger
+    from incentive_engine.shell.store import Ledger, Writer, utc_now
     from incentive_engine.shell.tables import COLUMNS, TABLE
 
     source, target = Ledger(url), Ledger(fresh)
@@ -146,13 +146,14 @@ def floor(url: str, fresh: str) -> None:
     with target.engine.connect() as conn:
         dbapi: Any = conn.connection.dbapi_connection
         sqlite = conn.dialect.name == "sqlite"  # (the pool set its pragmas when it opened the connection)
-        one = "(" + ", ".join(["?"] * len(COLUMNS)) + ")"
+        writer = Writer(conn, utc_now)  # only for its INSERT statement and rows a statement, not to write
+        head, one, step = writer._insert_head, writer._row_values, writer._rows_per_insert
         for _, group in groupby(source.read_rows(), key=lambda row: row[recorded]):
             rows = list(group)
             if sqlite:
                 statements = [
-                    (f"INSERT INTO {TABLE} ({names}) VALUES " + ", ".join([one] * len(part)), list(chain(*part)))
-                    for part in (rows[i : i + _ROWS_PER_INSERT] for i in range(0, len(rows), _ROWS_PER_INSERT))
+                    (head + ", ".join([one] * len(part)), list(chain(*part)))
+                    for part in (rows[i : i + step] for i in range(0, len(rows), step))
                 ]
             t = time.perf_counter()
             if sqlite:
