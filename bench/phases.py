@@ -194,7 +194,7 @@ def peer(url: str, data: str, budget: str = "0") -> None:
     from eventsourcing.persistence import Transcoding
     from sqlalchemy.engine import make_url
 
-    from incentive_engine.core.events import cost_stream
+    from incentive_engine.core.events import COST_STREAM
 
     class Fact(DomainEvent):
         type: str
@@ -238,9 +238,9 @@ def peer(url: str, data: str, budget: str = "0") -> None:
         batch = []
         for line in path.read_text(encoding="utf-8").splitlines():
             d = json.loads(line)
-            # the engine's streams (``core.events.stream_of``): a contract's service costs in one a month
+            # the engine's streams (``core.events.stream_of``): a contract's service costs in one of their own
             if d["type"] == "service.cost":
-                stream = cost_stream(d["effective"], d["contract_id"])
+                stream = COST_STREAM + d["contract_id"]
             elif d["type"].startswith("contract."):
                 stream = f"contract:{d['contract_id']}"
             else:

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import functools
 import json
 from datetime import date, timedelta
 from decimal import Decimal
@@ -25,11 +24,12 @@ from incentive_engine.core.cycles import compute_cycle, cycle_json, evaluation_j
 from incentive_engine.core.dates import periods_between
 from incentive_engine.core.evaluation import evaluate_all, fact_scopes
 from incentive_engine.core.events import (
+    COST_STREAM,
     ENGINE_TYPES,
     EVENT_CLASSES,
     FACT_ADAPTER,
     FACT_TYPES,
-    LEGACY_COST_STREAMS,
+    LEGACY_COST_STREAM,
     stream_of,
 )
 from incentive_engine.core.projections import project, state_digest
@@ -128,12 +128,11 @@ def facts(draw) -> list[tuple[int, dict]]:
 PERIODS = periods_between("2026-01", "2031-06")
 
 
-def _ingest(ledger: Ledger, batch: list[dict], legacy: str | None = None) -> None:
+def _ingest(ledger: Ledger, batch: list[dict], legacy: bool = False) -> None:
     """Append the facts of the batch that are valid against the ledger so far (random facts may not be);
-    ``legacy``: with each contract's service costs in one stream named by this prefix, as ledgers written
-    before they had a stream a month (``LEGACY_COST_STREAMS``) keep them."""
-    of = stream_of if legacy is None else functools.partial(_legacy_stream_of, legacy)
-    with patch.object(store, "stream_of", of):
+    ``legacy``: with service costs in their contract's stream, as ledgers written before they had their
+    own (``COST_STREAM``) keep them."""
+    with patch.object(store, "stream_of", _legacy_stream_of if legacy else stream_of):
         for fact in batch:
             event = FACT_ADAPTER.validate_python(fact)
             with ledger.writer() as w:
@@ -141,8 +140,8 @@ def _ingest(ledger: Ledger, batch: list[dict], legacy: str | None = None) -> Non
                     w.append([event])
 
 
-def _legacy_stream_of(prefix: str, event) -> str:
-    return prefix + event.contract_id if event.type == "service.cost" else stream_of(event)
+def _legacy_stream_of(event) -> str:
+    return LEGACY_COST_STREAM + event.contract_id if event.type == "service.cost" else stream_of(event)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -151,9 +150,8 @@ def test_incremental_close_equals_the_full_close(tmp_path_factory, recorded_fact
     """Every ``step`` months: ingest what was recorded by then, preview, close; the incremental preview and
     close must issue what compute_cycle over a full replay issues (lines, totals and every listed
     evaluation). For the
-    first ``legacy_months``, service costs go to one stream a contract: the contract's own in the first
-    half of them, ``service-cost:`` in the second (a ledger written by the engines before they had a
-    stream a month, then continued)."""
+    first ``legacy_months``, service costs go to their contract's stream (a ledger written before they had
+    their own, then continued)."""
     ledger = Ledger(f"sqlite:///{tmp_path_factory.mktemp('inc') / 'l.db'}")
     ledger.init()
     book = reference_book()
@@ -162,9 +160,7 @@ def test_incremental_close_equals_the_full_close(tmp_path_factory, recorded_fact
     for i, period in enumerate(periods):
         month = PERIODS.index(period)
         last = PERIODS.index(periods[i - 1]) if i else -1
-        own, contract = LEGACY_COST_STREAMS
-        legacy = (contract if 2 * month < legacy_months else own) if month < legacy_months else None
-        _ingest(ledger, [f for m, f in recorded_facts if last < m <= month], legacy=legacy)
+        _ingest(ledger, [f for m, f in recorded_facts if last < m <= month], legacy=month < legacy_months)
         state = project(ledger.read())
         assert cycle_json(service.preview(ledger, book, period)) == cycle_json(
             compute_cycle(book, state, period, "preview")
@@ -216,9 +212,7 @@ def test_a_file_checked_against_its_entities_alone_gets_the_whole_ledgers_answer
     ledger.init()
     service.forget_projections()
     manager = {"type": "rep.hired", "effective": "2025-01-01", "rep_id": "M1", "name": "M", "role": "manager"}
-    _ingest(
-        ledger, [manager] + [f for m, f in recorded_facts if m <= month], legacy=(*LEGACY_COST_STREAMS, None)[month % 3]
-    )
+    _ingest(ledger, [manager] + [f for m, f in recorded_facts if m <= month], legacy=month % 2 == 1)
     later = [f for m, f in recorded_facts if m > month] + [f for m, f in recorded_facts if m <= month][:3] + wrong
     rng.shuffle(later)
     batch = [FACT_ADAPTER.validate_python(f) for f in later]
@@ -505,17 +499,14 @@ def test_service_costs_read_as_columns_give_the_state_of_the_whole_rows(worked):
         w.append([FACT_ADAPTER.validate_python(e) for e in _more_costs()])
     with worked.engine.connect() as conn:
         streams = sorted({r[1] for r in rows_where(conn, "type = 'contract.signed'", ())})
+        cost_streams = [COST_STREAM + s.removeprefix("contract:") for s in streams]
         whole, columns = Projector(), Projector()
-        fold_sorted(stream_rows(conn, streams) + rows_where(conn, "type = 'service.cost'", ()), whole)
+        fold_sorted(stream_rows(conn, streams + cost_streams), whole)
         fold_sorted(stream_rows(conn, streams, "type <> 'service.cost'"), columns)
-        # every contract but the first: its costs (in the same month streams as the others') stay out
-        left_out, *asked = [s.removeprefix("contract:") for s in streams]
-        fold_service_costs(conn, asked, "2026-04-01", columns)
+        fold_service_costs(conn, [s.removeprefix("contract:") for s in streams], "2026-04-01", columns)
     costs = {cid: c.service_costs for cid, c in whole.state.contracts.items()}
     assert sum(len(v) for v in costs.values()) >= 4
     from_april = {cid: [f for f in v if f.effective.isoformat() >= "2026-04-01"] for cid, v in costs.items()}
-    assert from_april[left_out]
-    from_april[left_out] = []
     assert {cid: c.service_costs for cid, c in columns.state.contracts.items()} == from_april
     assert from_april != costs  # the cutoff left some out
     assert all(

@@ -21,7 +21,6 @@ from sqlalchemy.exc import DBAPIError
 
 from incentive_engine.core.canonical import GENESIS_HASH, canonical_json, chain_hash, content_hash, record_text
 from incentive_engine.core.events import (
-    COST_STREAM_ID_AT,
     AdjustmentRecorded,
     ComplianceViolation,
     ContractChurned,
@@ -349,8 +348,8 @@ def test_round_trip(ledger: Ledger) -> None:
     assert [r.stream_version for r in back] == expected_versions_of(events)
     assert [r.event for r in ledger.read(validate=False)] == events  # the fast path agrees
     assert [r.position for r in ledger.read(after=3, upto=6)] == [4, 5, 6]
-    assert ledger.stream_versions(["contract:C1", "cost:2026-03:C1", "rep:R1", "rep:nobody"]) == {
-        "contract:C1": 3, "cost:2026-03:C1": 1, "rep:R1": 7, "rep:nobody": 0,
+    assert ledger.stream_versions(["contract:C1", "service-cost:C1", "rep:R1", "rep:nobody"]) == {
+        "contract:C1": 3, "service-cost:C1": 1, "rep:R1": 7, "rep:nobody": 0,
     }  # fmt: skip
 
     rows = list(ledger.read_rows())
@@ -377,35 +376,10 @@ def test_several_events_of_one_stream_in_one_append_get_consecutive_versions(led
     ]  # fmt: skip
     out = append(ledger, evs)
     assert [(r.position, r.stream_id, r.stream_version) for r in out] == [
-        (2, "contract:C1", 1), (3, "rep:R2", 1), (4, "cost:2026-03:C1", 1), (5, "cost:2026-03:C1", 2),
+        (2, "contract:C1", 1), (3, "rep:R2", 1), (4, "service-cost:C1", 1), (5, "service-cost:C1", 2),
         (6, "rep:R1", 2),
     ]  # fmt: skip
     assert list(ledger.read(after=1)) == out
-
-
-def test_a_contracts_service_costs_are_a_stream_a_month(ledger: Ledger) -> None:
-    """A contract's costs go to a stream of its own for each month they are effective in (named month
-    first, so that a month's costs lie together in the stream index); the contract id, colons and all, is
-    the rest of the name."""
-
-    def cost(day: str, cid: str) -> ServiceCost:
-        return ServiceCost(type="service.cost", effective=D(day), contract_id=cid, amount=Decimal("1"))
-
-    out = append(ledger, [cost("2026-03-31", "C:1"), cost("2026-04-01", "C:1"), cost("2026-03-02", "C:1"),
-                          cost("2026-03-02", "C2")])  # fmt: skip
-    assert [(r.stream_id, r.stream_version) for r in out] == [
-        ("cost:2026-03:C:1", 1), ("cost:2026-04:C:1", 1), ("cost:2026-03:C:1", 2), ("cost:2026-03:C2", 1),
-    ]  # fmt: skip
-    assert {r.stream_id[COST_STREAM_ID_AT:] for r in out} == {"C:1", "C2"}
-    # appends one after the other, in one writer and the next (which start from the versions known)
-    with ledger.writer() as w:
-        assert [r.stream_version for r in w.append([cost("2026-03-05", "C2")])] == [2]
-        assert [r.stream_version for r in w.append([cost("2026-03-06", "C2"), cost("2026-05-01", "C2")])] == [3, 1]
-    assert [r.stream_version for r in append(ledger, [cost("2026-03-07", "C2")])] == [4]
-    assert ledger.stream_versions(["cost:2026-03:C2", "cost:2026-03:C9", "cost:2026-06:C2", "cost:x"]) == {
-        "cost:2026-03:C2": 4, "cost:2026-03:C9": 0, "cost:2026-06:C2": 0, "cost:x": 0,
-    }  # fmt: skip
-    assert ledger.verify().ok
 
 
 _ids = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9._:@-]{0,15}\Z")

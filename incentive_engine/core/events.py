@@ -367,25 +367,19 @@ EVENT_CLASSES: dict[str, type[Event]] = {
 }
 
 
-# A contract's service costs are streams of their own, beside the contract's, one a month:
-# ``cost:2030-12:C1`` holds C1's costs effective in December 2030 (usually one; a correction is the next
-# version). Why a stream a month: costs are most of a contract's facts (about one a month for its whole
-# life), and the ledger's (stream_id, stream_version) index puts each stream's rows together; with a
-# stream for all of a contract's costs, each month's costs landed at random places of that index (a leaf
-# page dirtied by nearly every cost, most of what a month's append wrote), while in streams named by
-# month first they land together, at the month's own place. A close reads a contract's costs by month
-# (``shell.store.fold_service_costs``) and its other facts without stepping over any cost. Ledgers
-# written before kept a contract's costs in one stream (``LEGACY_COST_STREAMS``: ``service-cost:C1``,
-# and before that the contract's own); nothing depends on which, and readers of costs look in all.
-COST_STREAM = "cost:"
-LEGACY_COST_STREAMS = ("service-cost:", "contract:")
+# A contract's service costs are a stream of their own, beside the contract's: they are most of a
+# contract's facts (about one a month for its whole life), and a close reads a contract's other facts
+# without stepping over every cost it ever had. Ledgers written before this kept them in the contract's
+# stream (``LEGACY_COST_STREAM``); nothing depends on which, and readers of costs look in both.
+COST_STREAM = "service-cost:"
+LEGACY_COST_STREAM = "contract:"
 
 
 def stream_of(event: Event) -> str:
     """The aggregate an event belongs to; optimistic concurrency is checked per stream."""
     t = event.type
     if t == "service.cost":
-        return cost_stream(event.effective.isoformat(), event.contract_id)  # type: ignore[attr-defined]
+        return COST_STREAM + event.contract_id  # type: ignore[attr-defined]
     if t.startswith("contract."):
         return f"contract:{event.contract_id}"  # type: ignore[attr-defined]
     if t == "cycle.closed":
@@ -393,16 +387,6 @@ def stream_of(event: Event) -> str:
     if t == "plan.registered":
         return f"plan:{event.content_hash}"  # type: ignore[attr-defined]
     return f"rep:{event.rep_id}"  # type: ignore[attr-defined]
-
-
-def cost_stream(effective: str, contract_id: str) -> str:
-    """The stream of a contract's service costs effective in the month of ``effective`` (YYYY-MM-DD):
-    ``cost:YYYY-MM:`` and the contract id, which is the rest of the name (it may hold colons itself)."""
-    return f"{COST_STREAM}{effective[:7]}:{contract_id}"
-
-
-# where the contract id starts in a cost stream's name (``cost_stream``)
-COST_STREAM_ID_AT = len(COST_STREAM) + len("YYYY-MM:")
 
 
 def to_payload(event: Event) -> dict[str, Any]:

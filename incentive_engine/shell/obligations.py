@@ -451,8 +451,8 @@ def incremental(conn: Connection, book: PlanBook, period: str, status: str) -> P
     # every event of the contracts to evaluate but their service costs, and the reps' context; then the
     # service costs (most of a contract's events) of the contracts with a tranche to evaluate, from that
     # tranche's window on: the one rule that reads costs, ``_earned_tranche``, reads no earlier ones
-    # (the contract's stream holds no costs, which have streams of their own, one a month; but for those
-    # recorded by an engine that kept them there: ``core.events.LEGACY_COST_STREAMS``)
+    # (the contract's stream holds no costs, which have their own; but for those recorded by an engine
+    # that kept them there: ``core.events.COST_STREAM``)
     streams = [f"contract:{cid}" for cid in work.contracts]
     records = stream_rows(conn, streams, "type <> 'service.cost'")
     context = rows_where(conn, f"type IN ({', '.join('?' * len(CONTEXT_TYPES))})", CONTEXT_TYPES)

@@ -48,12 +48,10 @@ from sqlalchemy.pool import StaticPool
 from ..core.canonical import GENESIS_HASH, chain_hash, content_hash, record_text
 from ..core.events import (
     COST_STREAM,
-    COST_STREAM_ID_AT,
     ENGINE_TYPES,
     EVENT_CLASSES,
-    LEGACY_COST_STREAMS,
+    LEGACY_COST_STREAM,
     Event,
-    cost_stream,
     from_stored,
     payload_json,
     stream_of,
@@ -830,59 +828,33 @@ def stream_rows(
 
 
 def fold_service_costs(conn: Connection, contract_ids: Iterable[str], since: str, projector: Projector) -> None:
-    """Fold the service costs of the given contracts effective on or after ``since`` (a month's first
-    day) into ``projector``, in position order, from four columns: the amount is taken out of the
-    payload by the database (``Projector.service_cost``), with no row decoded in Python. A close reads
-    tens of thousands of them (every cost in the window of each tranche it evaluates); the fold of whole
-    rows gives the same state (a test compares them).
-
-    A contract's costs are in a stream a month (``core.events.cost_stream``), so the months from
-    ``since`` on are one range of the stream index, every contract's costs of those months together:
-    one read of that range keeps the contracts asked for (their id is the end of the stream's name).
-    Ledgers written before kept each contract's costs in one stream (``LEGACY_COST_STREAMS``); those are
-    looked up by contract (``_legacy_cost_streams``)."""
-    ids = sorted(set(contract_ids))
-    if not ids:
-        return
-    postgres = conn.dialect.name == "postgresql"
-    if postgres:
-        amount, mark, kept = "CAST(payload AS jsonb) ->> 'amount'", "%s", "= ANY(%s)"
-        wanted: Any = ids
+    """Fold the service costs of the given contracts effective on or after ``since`` into ``projector``,
+    in position order, from four columns: the amount is taken out of the payload by the database
+    (``Projector.service_cost``), with no row decoded in Python. A close reads tens of thousands of them
+    (every cost in the window of each tranche it evaluates); the fold of whole rows gives the same state (a
+    test compares them). Each contract's costs are looked up in their own stream and, for ledgers written
+    before it had one, in the contract's (``core.events.COST_STREAM``)."""
+    if conn.dialect.name == "postgresql":
+        amount, mark = "CAST(payload AS jsonb) ->> 'amount'", "%s"
     else:
-        amount, mark, kept = "json_extract(payload, '$.amount')", "?", "IN (SELECT value FROM json_each(?))"
-        wanted = json.dumps(ids)
-    # (type || '' and effective || '': expressions, so that the planner reads these streams by stream_id
-    # rather than scanning every service cost since the cutoff through the (type, effective) index, or
-    # intersecting with the (effective, content_hash) index: PostgreSQL did that on the M ledger, reading
-    # 934,000 index entries per 500 streams, 7.5 of a 13.7 s close)
-    columns = f"SELECT position, stream_id, effective, {amount} FROM {TABLE}"
-    costs = f"type || '' = 'service.cost' AND effective || '' >= {mark}"
-    sql = (
-        f"{columns} WHERE stream_id >= {mark} AND stream_id < {mark} "
-        f"AND substr(stream_id, {COST_STREAM_ID_AT + 1}) {kept} AND {costs}"
-    )
-    rows = driver_rows(conn, sql, [cost_stream(since, ""), COST_STREAM[:-1] + ";", wanted, since])
-    legacy = _legacy_cost_streams(conn)
-    streams = [prefix + cid for cid in ids for prefix in legacy]
+        amount, mark = "json_extract(payload, '$.amount')", "?"
+    streams = [s for cid in contract_ids for s in (COST_STREAM + cid, LEGACY_COST_STREAM + cid)]
+    rows: list[tuple[Any, ...]] = []
     for chunk in _chunks(streams):
-        sql = f"{columns} WHERE stream_id IN ({', '.join([mark] * len(chunk))}) AND {costs}"
+        # (type || '' and effective || '': expressions, so that the planner looks these streams up by
+        # stream_id rather than scanning every service cost since the cutoff through the (type, effective)
+        # index, or intersecting with the (effective, content_hash) index: PostgreSQL did that on the M
+        # ledger, reading 934,000 index entries per 500 streams, 7.5 of a 13.7 s close)
+        sql = (
+            f"SELECT position, stream_id, effective, {amount} FROM {TABLE} "
+            f"WHERE stream_id IN ({', '.join([mark] * len(chunk))}) AND type || '' = 'service.cost' "
+            f"AND effective || '' >= {mark}"
+        )
         rows += driver_rows(conn, sql, [*chunk, since])
     rows.sort()
     service_cost = projector.service_cost
     for position, stream_id, effective, value in rows:
-        at = COST_STREAM_ID_AT if stream_id.startswith(COST_STREAM) else stream_id.index(":") + 1
-        service_cost(position, _day(effective), stream_id[at:], Decimal(value))
-
-
-def _legacy_cost_streams(conn: Connection) -> tuple[str, ...]:
-    """Which of ``LEGACY_COST_STREAMS`` a close looks in by contract: the contract's own stream always
-    (no index answers cheaply whether it holds costs; its lookups are of index ranges the close reads
-    anyway), ``service-cost:`` only if a stream is named so (one probe of the stream index)."""
-    own, contract = LEGACY_COST_STREAMS
-    probe = f"SELECT 1 FROM {TABLE} WHERE stream_id >= :lo AND stream_id < :hi LIMIT 1"
-    if conn.execute(text(probe), {"lo": own, "hi": own[:-1] + ";"}).first() is not None:
-        return own, contract
-    return (contract,)
+        service_cost(position, _day(effective), stream_id[stream_id.index(":") + 1 :], Decimal(value))
 
 
 def entities_state(
@@ -1099,15 +1071,11 @@ def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, i
     # plain driver rows: an ingest asks for tens of thousands of streams. One MAX per stream as a
     # correlated subquery, which both databases answer with one descent of the (stream_id, stream_version)
     # index; "stream_id IN (...) GROUP BY" read every version of each stream instead (SQLite, M ledger:
-    # 3.1-4.3 against 7.3 us per stream). A month's cost streams (``core.events.cost_stream``) are new
-    # when its file comes: where the ledger has none of that month, they are all at 0 without a lookup.
-    stream_ids = set(stream_ids)
-    out = dict.fromkeys(_in_empty_cost_months(conn, stream_ids), 0)
-    stream_ids.difference_update(out)
+    # 3.1-4.3 against 7.3 us per stream)
     if conn.dialect.name == "postgresql":  # one statement with an array, not one per 500 ids
         sql = f"SELECT s, (SELECT MAX(stream_version) FROM {TABLE} WHERE stream_id = s) FROM unnest(%s::text[]) AS s"
-        out.update((s, v or 0) for s, v in driver_rows(conn, sql, (sorted(stream_ids),)))
-        return out
+        return {s: v or 0 for s, v in driver_rows(conn, sql, (sorted(set(stream_ids)),))}
+    out: dict[str, int] = {}
     for chunk in _chunks(stream_ids):  # sorted: consecutive descents share the index pages they pass
         ids = ", ".join(["(?)"] * len(chunk))
         sql = (
@@ -1116,21 +1084,6 @@ def _stream_versions(conn: Connection, stream_ids: Iterable[str]) -> dict[str, i
         )
         out.update((s, v or 0) for s, v in driver_rows(conn, sql, chunk))
     return out
-
-
-def _in_empty_cost_months(conn: Connection, stream_ids: Iterable[str]) -> list[str]:
-    """The cost streams among ``stream_ids`` of months the ledger has no cost stream of (one probe of the
-    stream index a month): none of them has an event yet."""
-    months: dict[str, list[str]] = {}
-    for s in stream_ids:
-        if s.startswith(COST_STREAM) and s[COST_STREAM_ID_AT - 1 : COST_STREAM_ID_AT] == ":":
-            months.setdefault(s[:COST_STREAM_ID_AT], []).append(s)
-    probe = text(f"SELECT 1 FROM {TABLE} WHERE stream_id >= :lo AND stream_id < :hi LIMIT 1")
-    empty: list[str] = []
-    for month, streams in months.items():
-        if conn.execute(probe, {"lo": month, "hi": month[:-1] + ";"}).first() is None:
-            empty += streams
-    return empty
 
 
 def refresh_statistics(conn: Connection, table: str, written: int, total: int) -> None:
@@ -1867,16 +1820,7 @@ class Writer:
                 f"append refused by the ledger ({what}; another writer got there first?): {detail}; nothing was written"
             ) from exc
         self._head = prepared.head
-        # kept for the next append, and the next writer (``_lend_versions``), but not the cost streams
-        # (dropped, so that none looked up before stays behind stale): a month's file starts 35,000 at M,
-        # found anew at no cost (``_in_empty_cost_months``), and kept they would grow a process's
-        # dictionary by as many every month
-        versions = self._versions
-        for stream_id, version in prepared.versions.items():
-            if stream_id.startswith(COST_STREAM):
-                versions.pop(stream_id, None)
-            else:
-                versions[stream_id] = version
+        self._versions.update(prepared.versions)
         self._absent_ids.difference_update(prepared.event_ids)
         return prepared.recorded
 
