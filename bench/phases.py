@@ -48,20 +48,30 @@ def build(url: str, data: str, last: str, held: str = "") -> None:
     ledger.init()
     book = load_plans(default_rules_dir())
     ingest_s, events, closes, lines = 0.0, 0, {}, {}
+    ingests: dict[str, tuple[int, float]] = {}  # each month's events and ingest seconds
     files = sorted(p for p in Path(data).glob("*.jsonl") if p.stem != held)
     for path in files:
         t = time.perf_counter()
         (result,) = service.ingest_files(ledger, [path])
-        ingest_s += time.perf_counter() - t
+        took = time.perf_counter() - t
+        ingest_s += took
         if result.problems:
             raise SystemExit(f"{path}: rejected: {result.problems[:3]}")
         events += result.appended
+        ingests[path.stem] = (result.appended, round(took, 3))
         if path.stem < last:
             t = time.perf_counter()
             closed = service.close(ledger, book, path.stem)
             closes[path.stem] = round(time.perf_counter() - t, 3)
             lines[path.stem] = len(closed.lines)
-    _done(events=events, ingest_s=round(ingest_s, 2), ingest_eps=round(events / ingest_s), closes=closes, lines=lines)
+    _done(
+        events=events,
+        ingest_s=round(ingest_s, 2),
+        ingest_eps=round(events / ingest_s),
+        ingests=ingests,
+        closes=closes,
+        lines=lines,
+    )
 
 
 def close(url: str, period: str) -> None:

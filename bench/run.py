@@ -270,6 +270,7 @@ def run_one(
         "ingest_cli_s": round(cli_ingest_s, 3),
         "ingest_cli_rss_mb": round(cli_ingest_rss, 1),
         "ingest_s": built["ingest_s"],
+        "ingests": built["ingests"],
         "build_rss_mb": built["rss_mb"],
         "closes": built["closes"],
         "close_engine_s": engine_close["seconds"],
@@ -401,6 +402,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                 f"events), fresh process: {r['ingest_cli_s']:.2f} s, peak RSS {r['ingest_cli_rss_mb']:.0f} MB"
             )
     for r in rows:
+        if "ingests" in r:
+            years = ", ".join(f"{y} {eps:,}" for y, eps in ingest_by_year(r["ingests"]).items())
+            lines.append(f"{r['size']:<4} {r['db']:<9} the build's ingest by year of the ledger, events/s: {years}")
+    for r in rows:
         if "floor_eps" in r:
             lines.append(
                 f"{r['size']:<4} {r['db']:<9} the database alone (the {r['floor_rows']:,} ingested rows inserted again "
@@ -435,6 +440,17 @@ def table(rows: list[dict[str, Any]]) -> str:
                    if r.get("peer_events", r["events"]) < r["events"] else "")
             )  # fmt: skip
     return "\n".join(lines)
+
+
+def ingest_by_year(ingests: dict[str, list[float]]) -> dict[str, int]:
+    """The build's ingest throughput in each year of its ledger (``ingests``: each month's events and
+    seconds): how the ingest's cost per event moves as the ledger grows under it."""
+    totals: dict[str, list[float]] = {}
+    for month, (events, seconds) in sorted(ingests.items()):
+        year = totals.setdefault(month[:4], [0, 0.0])
+        year[0] += events
+        year[1] += seconds
+    return {year: round(events / seconds) for year, (events, seconds) in totals.items() if seconds > 0}
 
 
 def report(
