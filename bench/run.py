@@ -444,7 +444,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def ingest_by_year(ingests: dict[str, list[float]]) -> dict[str, int]:
     """The build's ingest throughput in each year of its ledger (``ingests``: each month's events and
-    seconds): how the ingest's cost per event moves as the ledger grows under it."""
+    seconds). The ledger grows under the later years' files, but so do the files and the process's age:
+    the last year's slower ingest is not the ledger's length (docs/performance.md, twenty-fifth pass)."""
     totals: dict[str, list[float]] = {}
     for month, (events, seconds) in sorted(ingests.items()):
         year = totals.setdefault(month[:4], [0, 0.0])
