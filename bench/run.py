@@ -24,7 +24,8 @@ median of five runs of each, every run on a fresh copy, the two ledgers' runs in
 built), and the other months' inside the build's process.
 
 Every phase runs in its own process; peak memory is that process's maximum RSS. Figures go to stdout
-as tables and to ``bench/results/<run>.json``.
+as tables and to ``bench/results/<run>.json``; a run that measured M on SQLite ends with the verdict
+against issue 8's targets (``targets``).
 """
 
 from __future__ import annotations
@@ -476,7 +477,85 @@ def report(
             f"(lines issued per close {y5['lines_last_year_mean']:,} and {y10['lines_last_year_mean']:,}; "
             f"per line: ratio {g['ratio_per_line']:.2f})"
         )
+    verdicts = targets(rows, growth)
+    if verdicts:
+        out.append("\n" + targets_table(verdicts))
     return "\n".join(out)
+
+
+# Issue 8's targets, at M on SQLite on the project's 2-core machine.
+TARGET_SIZE, TARGET_DB = "M", "sqlite"
+TARGET_INGEST_EPS = 50_000
+TARGET_REPLAY_VERIFY_EPS = 200_000
+TARGET_CLOSE_S = 5.0
+TARGET_CLOSE_RSS_MB = 1024
+TARGET_PEER_RATIO = 2.0
+TARGET_GROWTH = 1.20
+
+
+def targets(rows: list[dict[str, Any]], growth: list[dict[str, Any]]) -> list[tuple[str, str, bool]]:
+    """Each of issue 8's targets that this run measured: (target, the run's figure, met). Replay + verify
+    counts one after the other (the two processes at once are shown beside it, not judged); the close is
+    the engine's cold close (the CLI's adds process start and rendering); the growth is the cold close's
+    median, ten years against five."""
+    verdicts: list[tuple[str, str, bool]] = []
+    for r in rows:
+        if (r["size"], r["db"]) != (TARGET_SIZE, TARGET_DB):
+            continue
+        seq, par = r["replay_verify_seq_eps"], r["replay_verify_par_eps"]
+        verdicts += [
+            (f"ingest >= {TARGET_INGEST_EPS:,} events/s", f"{r['ingest_eps']:,}", r["ingest_eps"] >= TARGET_INGEST_EPS),
+            (
+                f"replay + verify >= {TARGET_REPLAY_VERIFY_EPS:,} events/s",
+                f"{seq:,} one after the other ({par:,} in two processes)",
+                seq >= TARGET_REPLAY_VERIFY_EPS,
+            ),
+            (
+                f"one monthly close <= {TARGET_CLOSE_S:g} s",
+                f"{r['close_engine_s']:.2f} s (through the CLI {r['close_cli_s']:.2f} s)",
+                r["close_engine_s"] <= TARGET_CLOSE_S,
+            ),
+            (
+                f"one monthly close <= {TARGET_CLOSE_RSS_MB // 1024} GB RSS",
+                f"{r['close_engine_rss_mb']:.0f} MB",
+                r["close_engine_rss_mb"] <= TARGET_CLOSE_RSS_MB,
+            ),
+        ]
+        if "peer_append_eps" in r:
+            ingest_ratio = r["ingest_eps"] / r["peer_append_eps"]
+            read_ratio = seq / r["peer_read_eps"]
+            verdicts += [
+                (
+                    f"ingest >= {TARGET_PEER_RATIO:g}x the peer's append",
+                    f"{ingest_ratio:.2f}x",
+                    ingest_ratio >= TARGET_PEER_RATIO,
+                ),
+                (
+                    f"replay + verify >= {TARGET_PEER_RATIO:g}x the peer's read",
+                    f"{read_ratio:.2f}x",
+                    read_ratio >= TARGET_PEER_RATIO,
+                ),
+            ]
+    for g in growth:
+        if (g["size"], g["db"]) != (TARGET_SIZE, TARGET_DB):
+            continue
+        years = SIZES[g["size"]].years
+        five, ten = g[f"{years}y"]["cold_close_median_s"], g[f"{2 * years}y"]["cold_close_median_s"]
+        verdicts.append(
+            (
+                f"twice the history: close +{100 * (TARGET_GROWTH - 1):.0f}% at most",
+                f"{100 * (ten / five - 1):+.0f}% ({five:.3f} s -> {ten:.3f} s)",
+                ten <= TARGET_GROWTH * five,
+            )
+        )
+    return verdicts
+
+
+def targets_table(verdicts: list[tuple[str, str, bool]]) -> str:
+    width = max(len(target) for target, _, _ in verdicts)
+    lines = [f"against issue 8's targets ({TARGET_SIZE}, {TARGET_DB}):"]
+    lines += [f"  {target:<{width}}  {'met    ' if met else 'NOT MET'}  {figure}" for target, figure, met in verdicts]
+    return "\n".join(lines)
 
 
 def _peer_version() -> str:
