@@ -544,7 +544,7 @@ def targets(rows: list[dict[str, Any]], growth: list[dict[str, Any]]) -> list[tu
         verdicts.append(
             (
                 f"twice the history: close +{100 * (TARGET_GROWTH - 1):.0f}% at most",
-                f"{100 * (ten / five - 1):+.0f}% ({five:.3f} s -> {ten:.3f} s)",
+                f"{100 * (ten / five - 1):+.1f}% ({five:.3f} s -> {ten:.3f} s)",
                 ten <= TARGET_GROWTH * five,
             )
         )

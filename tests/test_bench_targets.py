@@ -75,7 +75,7 @@ def test_replay_verify_is_judged_one_after_the_other_not_in_two_processes(run: A
 def test_growth_is_the_cold_close_ten_years_against_five(run: Any) -> None:
     (at_bound,) = run.targets([], [_growth(2.5, 3.0)])
     (past,) = run.targets([], [_growth(2.5, 3.001)])
-    assert at_bound[2] is True and "+20%" in at_bound[1]
+    assert at_bound[2] is True and "+20.0%" in at_bound[1]
     assert past[2] is False
 
 
