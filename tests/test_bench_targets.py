@@ -66,8 +66,8 @@ def test_each_target_just_past_its_bound_is_not_met(run: Any, over: dict[str, An
 
 
 def test_replay_verify_is_judged_one_after_the_other_not_in_two_processes(run: Any) -> None:
-    (verdict,) = [v for v in run.targets([_row(replay_verify_seq_eps=150_000, replay_verify_par_eps=300_000)], []) if
-                  v[0].startswith("replay + verify >= 200")]  # fmt: skip
+    verdicts = run.targets([_row(replay_verify_seq_eps=150_000, replay_verify_par_eps=300_000)], [])
+    verdict = next(v for v in verdicts if v[0].startswith("replay + verify >= 200"))
     assert verdict[2] is False
     assert "150,000 one after the other" in verdict[1]
 
