@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +15,7 @@ BENCH = Path(__file__).resolve().parent.parent / "bench"
 
 
 @pytest.fixture(scope="module")
-def run() -> Any:
+def run() -> Iterator[Any]:
     spec = importlib.util.spec_from_file_location("bench_run", BENCH / "run.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
